@@ -1,0 +1,101 @@
+"""The one base config every dataset config derives from.
+
+Dataset files (configs/digits.py, ...) override what differs; the method is chosen by the config
+argument (`configs/digits.py:method=ict`), and `runlocal` shrinks any config to a smoke run.
+"""
+import ml_collections
+
+METHODS = ("ct", "ict")
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = "ict"
+
+  # Noise levels and the boundary condition (SPEC §1).
+  c.karras = ml_collections.ConfigDict(
+      dict(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="digits",          # registered in cm_jax.data
+      resolution=16,
+      channels=1,
+      num_classes=10,         # 0 = unconditional data
+      data_dir="",            # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      random_flip=False,
+      num_workers=0,          # grain read threads; 0 = read in the main thread
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="tiny",
+      channels=64,
+      channel_mult=(1, 2),
+      num_res_blocks=2,
+      patch_size=2,
+      attn_resolutions=(4,),  # in units of the working grid after the patchify stem
+      dropout=0.0,
+      fourier_scale=16.0,     # CM: 16; iCT: 0.02
+      emb_dim=256,
+      class_conditional=False,
+  ))
+
+  # Consistency training, shared by CT and iCT (SPEC §3-§5); the method fills in its defaults.
+  c.consistency = ml_collections.ConfigDict(dict(
+      distance="l2",          # l1 | l2 | pseudo_huber
+      s0=2,
+      s1=150,
+      mu0=0.9,
+      ema_schedule="paper",   # paper | release (CT target EMA, SPEC §3)
+      p_mean=-1.1,            # iCT log-normal pair sampling
+      p_std=2.0,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="radam",           # radam | adam
+      learning_rate=4e-4,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      warmup_steps=0,
+      grad_clip=0.0,          # global-norm clip; 0 = off
+  ))
+
+  c.ema_rate = 0.9999         # evaluation EMA, separate from the CT target network
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=512,         # global, over every device of every process
+      num_steps=800_000,      # K of the curricula
+      log_every=100,
+      save_every=5000,
+      keep_checkpoints=3,
+      sample_every=10000,
+      num_grid_samples=64,
+  ))
+
+  # Sampling the default run (and `cm_jax.sample` when no sigmas are given) uses (SPEC §8).
+  c.sample = ml_collections.ConfigDict(dict(
+      two_step_sigma=0.821,   # the intermediate level of 2-step sampling
+      clip=True,
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      num_samples=0,          # 0 = as many as the held-out split; used by the end-of-run score
+  ))
+  return c
+
+
+def parse_args(arg: str | None) -> tuple[str, bool, dict[str, str]]:
+  """Parses `method=ict,runlocal` into (method, runlocal, other key=value pairs)."""
+  method, runlocal, rest = None, False, {}
+  for part in filter(None, (arg or "").split(",")):
+    key, sep, value = part.partition("=")
+    if not sep:
+      if key != "runlocal":
+        raise ValueError(f"Unknown config argument {part!r}: expected 'method=NAME' or 'runlocal'.")
+      runlocal = True
+    elif key == "method":
+      method = value
+    else:
+      rest[key] = value
+  return method, runlocal, rest
