@@ -13,6 +13,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/digits.py takes method=... and runlocal, not {sorted(rest)}.")
   c = base.get_base_config()
   c.method = method or "ict"
+  if c.method not in base.METHODS:
+    raise ValueError(f"Unknown method {c.method!r} for configs/digits.py; choose one of "
+                     f"{', '.join(base.METHODS)}.")
   c.data.name = "digits"
   c.data.resolution = 16
   c.data.channels = 1

@@ -1,0 +1,152 @@
+"""Orbax checkpoints of the train state: async, keep-N, automatic resume from the workdir.
+
+A checkpoint step holds two items: `state` (params, EMA, target, optimizer, step, RNG) and `meta`
+(JSON: the step, which is also the data position, and the method). The run's config lives in
+`WORKDIR/config.json`, written once, so a resume with another config is refused before any work.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+# Keys that may differ on resume: they change when and how the run reports, not what it computes.
+RUNTIME_KEYS = (
+    "train.log_every", "train.save_every", "train.keep_checkpoints", "train.sample_every",
+    "train.num_grid_samples", "data.data_dir", "data.num_workers", "eval.",
+)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint or workdir that cannot be used as asked; the message says what to do."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes WORKDIR/config.json for a new run; for an existing run, refuses a different config."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = _config_dict(config)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"{path} is unreadable ({e}); it records this workdir's config. "
+                            "Restore it or use a new --workdir.") from None
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    differ = sorted(
+        k for k in set(flat_old) | set(flat_new)
+        if flat_old.get(k) != flat_new.get(k) and not k.startswith(RUNTIME_KEYS))
+    if differ and has_checkpoint(workdir):
+      details = "; ".join(f"{k}: {flat_old.get(k)!r} in the workdir, {flat_new.get(k)!r} now"
+                          for k in differ[:8])
+      raise CheckpointError(
+          f"The workdir {workdir} holds a checkpoint of another config ({details}"
+          f"{'; ...' if len(differ) > 8 else ''}). Use a new --workdir, or pass the same config "
+          "to resume this run.")
+    if not differ:
+      return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(new, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (for sampling and evaluation)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(f"No {CONFIG_FILE} in {workdir}: is this a cm_jax training workdir? "
+                          "Train one with `python -m cm_jax.train --workdir=...`.")
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e}).") from None
+  return ml_collections.ConfigDict(_tuples(raw))
+
+
+def _tuples(tree):
+  """JSON turns tuples into lists; configs use tuples for sequences."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def has_checkpoint(workdir: str) -> bool:
+  path = os.path.join(workdir, CHECKPOINT_DIR)
+  return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
+
+
+class Checkpointer:
+  """Thin wrapper over ocp.CheckpointManager for TrainState."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                             enable_async_checkpointing=async_save,
+                                             create=True),
+        item_names=("state", "meta"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, state, meta: dict) -> bool:
+    step = int(jax.device_get(state.step))
+    if step in self.manager.all_steps():
+      return False
+    return self.manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, abstract_state, step: Optional[int] = None):
+    """Restores into the shardings and structure of `abstract_state` (from jax.eval_shape)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"No checkpoint in {self.directory}.")
+    if step not in self.manager.all_steps():
+      raise CheckpointError(f"No checkpoint for step {step} in {self.directory}; "
+                            f"available: {self.all_steps()}.")
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                        meta=ocp.args.JsonRestore()))
+    except Exception as e:  # Orbax raises many types for bad or foreign checkpoints
+      raise CheckpointError(
+          f"Could not restore step {step} from {self.directory}: {type(e).__name__}: {e}. "
+          "The checkpoint is damaged or was written by another config.") from e
+    return restored.state, restored.meta
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,125 @@
+"""Consistency training (CT, SPEC §3) and the machinery iCT shares with it.
+
+A method is `loss(params, target_params, batch, rng, step) -> (loss, aux)` plus the
+target-network update. CT and iCT differ only in four pluggable pieces: the curriculum N(k), how
+the adjacent pair (s_n, s_{n+1}) is drawn, the weighting lambda, and the target network.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from cm_jax import distances, karras
+
+# net(params, x_in [B,H,W,C], c_noise [B], labels [B] | None, train, dropout_rng) -> F [B,H,W,C]
+Net = Callable[..., jnp.ndarray]
+
+
+def ct_num_levels(step, total_steps: int, s0: int, s1: int, xp=jnp):
+  """N(k) = ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1) + 1."""
+  k = xp.asarray(step, xp.float32 if xp is jnp else xp.float64)
+  inner = xp.sqrt(k / total_steps * ((s1 + 1) ** 2 - s0**2) + s0**2)
+  return (xp.ceil(inner - 1) + 1).astype(xp.int32)
+
+
+def check_ema_schedule(schedule: str) -> None:
+  if schedule not in ("paper", "release"):
+    raise ValueError(f"consistency.ema_schedule must be 'paper' or 'release', got {schedule!r}.")
+
+
+def ct_target_decay(num_levels, s0: int, mu0: float, schedule: str = "paper", xp=jnp):
+  """mu(k) = exp(s0 ln(mu0) / N(k)); the release divides by N(k) - 1 instead."""
+  check_ema_schedule(schedule)
+  n = xp.asarray(num_levels, xp.float32 if xp is jnp else xp.float64)
+  if mu0 <= 0:
+    return xp.zeros_like(n)  # mu0 = 0: the target is the online network itself
+  denom = n if schedule == "paper" else n - 1
+  return xp.exp(s0 * math.log(mu0) / denom)
+
+
+def uniform_pair_index(rng, num_levels, batch_size: int):
+  """n ~ U{1, ..., N-1}: the lower level of an adjacent pair (1-based)."""
+  return jax.random.randint(rng, (batch_size,), 1, num_levels)
+
+
+def unit_weight(sigma_lo, sigma_hi):
+  del sigma_hi
+  return jnp.ones_like(sigma_lo)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyTraining:
+  """Discrete-time consistency training with pluggable curriculum, pair sampling and weighting."""
+  net: Net
+  levels: karras.NoiseLevels
+  distance: distances.Distance
+  num_levels: Callable[[Any], jnp.ndarray]             # step -> N(k)
+  pair_index: Callable[[Any, Any, int], jnp.ndarray]   # (rng, N, B) -> n in 1..N-1
+  weight: Callable[[Any, Any], jnp.ndarray]            # (s_n, s_{n+1}) -> lambda
+  target_decay: Optional[Callable[[Any], jnp.ndarray]]  # step -> mu(k); None: target = sg(theta)
+
+  @property
+  def has_target_network(self) -> bool:
+    return self.target_decay is not None
+
+  def consistency(self, params, x, sigma, labels, train: bool, rng):
+    net = lambda x_in, noise: self.net(params, x_in, noise, labels, train, rng)
+    return karras.consistency_function(net, x, sigma, self.levels)
+
+  def loss(self, params, target_params, batch, rng, step):
+    x, labels = batch["image"], batch.get("label")
+    rng_pair, rng_noise, rng_dropout = jax.random.split(rng, 3)
+    n_levels = self.num_levels(step)
+    n = self.pair_index(rng_pair, n_levels, x.shape[0])
+    sigma_lo = karras.sigma_at(n, n_levels, self.levels)
+    sigma_hi = karras.sigma_at(n + 1, n_levels, self.levels)
+    z = jax.random.normal(rng_noise, x.shape, x.dtype)
+    # The same z on both sides: x_lo is the exact ODE point for a one-sample data distribution.
+    x_hi = x + karras._per_sample(sigma_hi, x) * z
+    x_lo = x + karras._per_sample(sigma_lo, x) * z
+    online = self.consistency(params, x_hi, sigma_hi, labels, True, rng_dropout)
+    teacher_params = target_params if self.has_target_network else params
+    # The same dropout key for the online and target passes.
+    target = jax.lax.stop_gradient(
+        self.consistency(teacher_params, x_lo, sigma_lo, labels, True, rng_dropout))
+    weights = self.weight(sigma_lo, sigma_hi)
+    per_sample = weights * self.distance(online, target)
+    aux = {"num_levels": n_levels, "distance": jnp.mean(self.distance(online, target))}
+    return jnp.mean(per_sample), aux
+
+  def update_target(self, target_params, params, step):
+    if not self.has_target_network:
+      return target_params
+    mu = self.target_decay(step)
+    return jax.tree.map(lambda t, p: mu * t + (1.0 - mu) * p, target_params, params)
+
+  def schedule(self, step) -> dict[str, float]:
+    """Host-side curriculum values for logging."""
+    out = {"num_levels": float(self.num_levels(step))}
+    if self.has_target_network:
+      out["target_decay"] = float(self.target_decay(step))
+    return out
+
+
+def create(config, net: Net, sample_shape) -> ConsistencyTraining:
+  cc = config.consistency
+  total = int(config.train.num_steps)
+  s0, s1 = int(cc.s0), int(cc.s1)
+  mu0, schedule = float(cc.mu0), str(cc.ema_schedule)
+  check_ema_schedule(schedule)
+  if not 0 <= mu0 < 1:
+    raise ValueError(f"consistency.mu0 must lie in [0, 1), got {mu0}.")
+  num_levels = lambda step: ct_num_levels(step, total, s0, s1)
+  return ConsistencyTraining(
+      net=net,
+      levels=karras.NoiseLevels.from_config(config.karras),
+      distance=distances.get_distance(cc.distance, sample_shape),
+      num_levels=num_levels,
+      pair_index=uniform_pair_index,
+      weight=unit_weight,
+      target_decay=lambda step: ct_target_decay(num_levels(step), s0, mu0, schedule),
+  )
