@@ -80,6 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
+      report_at_end=True,     # score 1- and 2-step samples when training finishes
       num_samples=0,          # 0 = as many as the held-out split; used by the end-of-run score
   ))
   return c

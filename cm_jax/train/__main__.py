@@ -20,7 +20,7 @@ def main(argv):
   from cm_jax.train import loop, report
   with cli.user_errors_exit():
     summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    if not summary["preempted"]:
+    if not summary["preempted"] and _CONFIG.value.eval.report_at_end:
       report.final_report(summary)
 
 

@@ -1,0 +1,24 @@
+"""Runs the real CLIs (`python -m cm_jax.train` / `cm_jax.sample`) in subprocesses."""
+import subprocess
+import sys
+
+from tests import REPO_ROOT, subprocess_env
+
+
+def run_cli(module: str, *args: str, devices: int = 1, timeout: int = 600, check: bool = True
+            ) -> subprocess.CompletedProcess:
+  out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                       env=subprocess_env(devices=devices), capture_output=True, text=True,
+                       timeout=timeout)
+  if check and out.returncode != 0:
+    raise AssertionError(f"{module} {' '.join(args)} exited {out.returncode}:\n"
+                         f"{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+  return out
+
+
+def train(workdir, config="configs/digits.py:method=ict,runlocal", *overrides, **kw):
+  return run_cli("cm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides, **kw)
+
+
+def sample(workdir, *args, **kw):
+  return run_cli("cm_jax.sample", f"--workdir={workdir}", *args, **kw)

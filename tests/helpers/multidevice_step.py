@@ -1,0 +1,41 @@
+"""Run in a subprocess with 8 forced CPU devices: one train step on 1 device vs on 8 devices."""
+import json
+import sys
+
+import jax
+import numpy as np
+
+from cm_jax import parallel
+from cm_jax.train.experiment import Experiment
+from cm_jax.train.step import make_train_step
+from configs import digits
+
+assert jax.device_count() == 8, jax.devices()
+method = sys.argv[1]
+config = digits.get_config(f"method={method},runlocal")
+config.train.batch_size = 16
+config.model.dropout = 0.1  # dropout keys must not depend on the sharding either
+rng = np.random.default_rng(0)
+batch = {"image": rng.uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32),
+         "label": rng.integers(0, 10, 16).astype(np.int32)}
+
+results = {}
+for devices in (1, 8):
+  mesh = parallel.create_mesh(jax.devices()[:devices])
+  exp = Experiment.from_config(config, mesh)
+  state = exp.init_state(0)
+  step = make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, parallel.global_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+  leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+  ema = [np.asarray(x) for x in jax.tree.leaves(state.ema_params)]
+  results[devices] = (losses, leaves, ema, int(state.step))
+
+(l1, p1, e1, s1), (l8, p8, e8, s8) = results[1], results[8]
+assert s1 == s8 == 3
+max_param = max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p8))
+max_ema = max(float(np.max(np.abs(a - b))) for a, b in zip(e1, e8))
+print(json.dumps({"loss_1": l1, "loss_8": l8, "max_param_diff": max_param,
+                  "max_ema_diff": max_ema}))
