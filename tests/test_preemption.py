@@ -41,8 +41,8 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     if "step 20/200" in line:
       proc.send_signal(signal.SIGTERM)
       break
-  rest, _ = proc.communicate(timeout=300)
-  log.append(proc.stderr.read() if not proc.stderr.closed else "")
+  _, rest = proc.communicate(timeout=300)
+  log.append(rest)
   text = "".join(log)
   assert proc.returncode == 0, text[-3000:]
   assert "Stopped by SIGTERM" in text, text[-3000:]
