@@ -26,6 +26,7 @@ class Experiment:
   levels: karras.NoiseLevels
   sample_shape: tuple[int, int, int]
   mesh: Mesh
+  _samplers: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, mesh: Optional[Mesh] = None
@@ -63,9 +64,16 @@ class Experiment:
     return f
 
   def sampler(self, sigmas: Sequence[float], clip: bool = True):
-    """jitted (params, key, indices [B]) -> images [B, H, W, C] in [-1, 1], sharded over devices."""
-    sigmas = tuple(float(s) for s in sampling.check_sigmas(sigmas, self.levels))
+    """jitted (params, key, indices [B]) -> images [B, H, W, C] in [-1, 1], sharded over devices.
 
+    One compiled sampler per (levels, clip), kept for the life of the experiment.
+    """
+    sigmas = tuple(float(s) for s in sampling.check_sigmas(sigmas, self.levels))
+    if (sigmas, clip) not in self._samplers:
+      self._samplers[(sigmas, clip)] = self._build_sampler(sigmas, clip)
+    return self._samplers[(sigmas, clip)]
+
+  def _build_sampler(self, sigmas: tuple[float, ...], clip: bool):
     def run(params, key, indices):
       return sampling.multistep_sample(self.consistency_fn(params), key, indices,
                                        self.sample_shape, sigmas, self.levels, clip=clip)
@@ -77,12 +85,14 @@ class Experiment:
     """uint8 [num_samples, H, W, C]; sample i depends only on (seed, i, sigmas)."""
     run = self.sampler(sigmas, clip=bool(self.config.sample.clip))
     devices = self.mesh.devices.size
-    batch_size = max(devices, batch_size // devices * devices)
+    round_up = lambda n: -(-n // devices) * devices
+    # Every call has the same (device-divisible) size, so the sampler compiles once; the last
+    # batch is padded with the indices that follow and trimmed.
+    batch_size = round_up(max(1, min(batch_size, num_samples)))
     key = jax.random.PRNGKey(seed)
     out = []
     for start in range(0, num_samples, batch_size):
       count = min(batch_size, num_samples - start)
-      padded = -(-count // devices) * devices  # pad the last batch to a multiple of devices
-      idx = jnp.arange(first_index + start, first_index + start + padded, dtype=jnp.int32)
+      idx = jnp.arange(first_index + start, first_index + start + batch_size, dtype=jnp.int32)
       out.append(sampling.to_uint8(jax.device_get(run(params, key, idx)))[:count])
     return np.concatenate(out, axis=0)

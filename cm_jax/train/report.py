@@ -83,3 +83,31 @@ def final_report(summary: dict) -> dict:
   print(format_table(results))
   print(f"Samples (left 1-step, right 2-step): {grid_path}\nScores: {json_path}")
   return results
+
+
+def latest_scores(workdir: str) -> dict:
+  """The newest digits_quality_step*.json of a workdir."""
+  eval_dir = os.path.join(workdir, "eval")
+  names = sorted(n for n in os.listdir(eval_dir) if n.startswith("digits_quality_step")) \
+      if os.path.isdir(eval_dir) else []
+  if not names:
+    raise FileNotFoundError(f"No digits_quality_step*.json in {eval_dir}: train to the end first.")
+  with open(os.path.join(eval_dir, names[-1])) as f:
+    return json.load(f)
+
+
+def markdown_table(workdirs: list[str]) -> str:
+  """One row per run: Frechet at 1 and 2 steps, classes covered, beside real held-out digits."""
+  rows = ["| run | method | steps | 1-step Frechet | 2-step Frechet | real held-out | "
+          "classes (1-step) |", "|---|---|---|---|---|---|---|"]
+  for w in workdirs:
+    s = latest_scores(w)
+    one, two = s["1-step"], s["2-step"]
+    rows.append(f"| `{w}` | {s['method']} | {s['step']} | {one['frechet']:.1f} | "
+                f"{two['frechet']:.1f} | {one['frechet_real']:.1f} | {one['classes_covered']}/10 |")
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  import sys
+  print(markdown_table(sys.argv[1:]))

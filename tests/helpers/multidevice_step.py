@@ -29,6 +29,8 @@ for devices in (1, 8):
   for _ in range(3):
     state, metrics = step(state, parallel.global_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
+  # N(k) and mu(k) change with the step inside the trace: the step must compile once.
+  assert step._cache_size() == 1, step._cache_size()
   leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]
   ema = [np.asarray(x) for x in jax.tree.leaves(state.ema_params)]
   results[devices] = (losses, leaves, ema, int(state.step))
