@@ -41,6 +41,11 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'a.b': value} with JSON values (tuples as lists), as config.json stores them."""
+  return _flatten(_config_dict(config))
+
+
 def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes WORKDIR/config.json for a new run; for an existing run, refuses a different config."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -103,14 +108,20 @@ def has_checkpoint(workdir: str) -> bool:
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager for TrainState."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    """read_only: for sampling and the CD teacher; nothing in the workdir is created, saved or
+    deleted (a run may still be writing there)."""
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                             enable_async_checkpointing=async_save,
-                                             create=True),
-        item_names=("state", "meta"))
+    if read_only:  # the values read_only needs, so Orbax has nothing to override and warn about
+      options = ocp.CheckpointManagerOptions(read_only=True, max_to_keep=None, create=False,
+                                             save_interval_steps=0,
+                                             enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "meta"))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()

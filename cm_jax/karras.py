@@ -1,4 +1,4 @@
-"""Noise levels and the consistency-function parameterisation (SPEC §1).
+"""Noise levels, the consistency-function and EDM-denoiser parameterisations (SPEC §1).
 
 Everything here is a pure function of arrays or Python numbers. Sigma grids are ascending
 (index 1 = sigma_min) unless a name says `descending`; the released samplers index descending.
@@ -59,6 +59,12 @@ def consistency_scalings(sigma, levels: NoiseLevels):
   return c_skip, c_out
 
 
+def denoiser_scalings(sigma, levels: NoiseLevels):
+  """EDM's c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2): unit-variance targets."""
+  sd = levels.sigma_data
+  return sd**2 / (sigma**2 + sd**2), sigma * sd / jnp.sqrt(sigma**2 + sd**2)
+
+
 def c_in(sigma, levels: NoiseLevels):
   return 1.0 / jnp.sqrt(sigma**2 + levels.sigma_data**2)
 
@@ -68,10 +74,18 @@ def c_noise(sigma):
   return 0.25 * jnp.log(sigma)
 
 
-def _per_sample(v, x):
+def per_sample(v, x):
   """Broadcasts a per-sample [B] (or scalar) coefficient against x [B, ...]."""
   v = jnp.asarray(v, x.dtype)
   return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _preconditioned(net: Callable, x, sigma, levels: NoiseLevels, scalings: Callable):
+  """c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)) for (c_skip, c_out) = scalings(s, levels)."""
+  sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+  c_skip, c_out = scalings(sigma, levels)
+  out = net(per_sample(c_in(sigma, levels), x) * x, c_noise(sigma))
+  return per_sample(c_skip, x) * x + per_sample(c_out, x) * out.astype(x.dtype)
 
 
 def consistency_function(net: Callable, x, sigma, levels: NoiseLevels):
@@ -80,7 +94,13 @@ def consistency_function(net: Callable, x, sigma, levels: NoiseLevels):
   `net(x_in, c_noise) -> F` is the raw network with labels/dropout already bound. sigma: [B] or
   scalar. Returns an array like x; f(x, sigma_min) == x bit for bit.
   """
-  sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
-  c_skip, c_out = consistency_scalings(sigma, levels)
-  out = net(_per_sample(c_in(sigma, levels), x) * x, c_noise(sigma))
-  return _per_sample(c_skip, x) * x + _per_sample(c_out, x) * out.astype(x.dtype)
+  return _preconditioned(net, x, sigma, levels, consistency_scalings)
+
+
+def denoiser(net: Callable, x, sigma, levels: NoiseLevels):
+  """The EDM denoiser D(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)), EDM scalings.
+
+  Same network interface and broadcasting as `consistency_function`; no boundary condition
+  (D(x, s) -> x only as s -> 0). sigma: [B] or scalar, > 0.
+  """
+  return _preconditioned(net, x, sigma, levels, denoiser_scalings)

@@ -1,8 +1,11 @@
 """python -m cm_jax.sample --workdir=W --steps=1 [--sigmas=80,2.5 | --ts=0,11,17 --ts_grid=18]
                          --num_samples=N --out=S.npz [--grid=G.png] [--checkpoint=latest|STEP]
+                         [--labels=random|3|0,1,2,...]
+An EDM workdir is sampled by an ODE solver instead: [--edm_levels=18] [--edm_solver=heun|euler].
 
-Writes `arr_0`: uint8 [N, H, W, C] (the layout FID tools exchange). Sample i depends only on
-(--seed, i, the levels), not on the batch size or the device count.
+Writes `arr_0`: uint8 [N, H, W, C] (the layout FID tools exchange) and, for a class-conditional
+model, `arr_1`: int32 [N] labels (as the ADM sampler does). Sample i depends only on (--seed, i,
+the levels, label i), not on the batch size or the device count.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, images, karras
-from cm_jax.train.experiment import Experiment
+from cm_jax import cli, images, karras, sampling
+from cm_jax.train import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (network evaluations). Default: the "
@@ -33,6 +36,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Samples per jitted call (memory only).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest' or a checkpoint step.")
 _PARAMS = flags.DEFINE_enum("params", "ema", ["ema", "online"], "Which weights to sample.")
+_LABELS = flags.DEFINE_list("labels", None, "Class-conditional models: 'random' (the default; "
+                            "label i drawn from --seed and i), one class for all, or one per "
+                            "sample (comma list). Written as arr_1.")
+_EDM_LEVELS = flags.DEFINE_integer("edm_levels", None, "EDM workdirs: levels of the solver's "
+                                   "descending Karras grid, then a last Euler step to 0. Default: "
+                                   "config.sample.edm_levels (18; Heun: 35 evaluations).")
+_EDM_SOLVER = flags.DEFINE_enum("edm_solver", None, ["heun", "euler"], "EDM workdirs: the ODE "
+                                "solver. Default: config.sample.edm_solver (heun).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -41,9 +52,7 @@ def resolve_sigmas(levels: karras.NoiseLevels, steps, sigmas, ts, ts_grid, two_s
   if sigmas and ts:
     raise ValueError("Give --sigmas or --ts, not both.")
   if ts:
-    idx = [int(t) for t in ts]
-    # The last index of the released ts lists is the end of the trajectory: evaluate all but it.
-    out = karras.ts_to_sigmas(idx[:-1] if len(idx) > 1 else idx, ts_grid, levels)
+    out = sampling.sigmas_from_ts(ts, ts_grid, levels)
   elif sigmas:
     out = np.asarray([float(s) for s in sigmas])
   else:
@@ -59,23 +68,43 @@ def resolve_sigmas(levels: karras.NoiseLevels, steps, sigmas, ts, ts_grid, two_s
   return [float(s) for s in out]
 
 
+def resolve_plan(exp):
+  """Consistency levels from --steps/--sigmas/--ts, or an EDM workdir's ODE solver."""
+  if exp.is_denoiser:
+    given = [name for name, v in (("--steps", _STEPS.value), ("--sigmas", _SIGMAS.value),
+                                  ("--ts", _TS.value)) if v]
+    if given:
+      raise ValueError(f"{_WORKDIR.value} holds an EDM denoiser, sampled by an ODE solver: use "
+                       f"--edm_levels and --edm_solver, not {', '.join(given)}.")
+    default = sampling.EDMPlan.from_config(exp.config.sample)
+    return sampling.EDMPlan(_EDM_LEVELS.value or default.num_levels,
+                            _EDM_SOLVER.value or default.solver)
+  if _EDM_LEVELS.value or _EDM_SOLVER.value:
+    raise ValueError(f"--edm_levels and --edm_solver are for EDM workdirs; {_WORKDIR.value} holds "
+                     f"a method={exp.config.method} consistency model: use --steps, --sigmas or "
+                     "--ts.")
+  return resolve_sigmas(exp.levels, _STEPS.value, _SIGMAS.value, _TS.value, _TS_GRID.value,
+                        float(exp.config.sample.two_step_sigma))
+
+
+def parse_labels(values):
+  """--labels list -> None, 'random' or an int array (validated against the model later)."""
+  if not values:
+    return None
+  if len(values) == 1 and values[0] == "random":
+    return "random"
+  try:
+    return np.asarray([int(v) for v in values])
+  except ValueError:
+    raise ValueError(f"--labels must be 'random' or integers, got {','.join(values)!r}.") from None
+
+
 def load_params(workdir: str, which: str = "ema", step: str = "latest"):
   """(experiment, params, step) restored from a workdir; clear errors for missing/bad ones."""
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"--workdir {workdir} does not exist.")
-  config = checkpoint.load_config(workdir)
-  exp = Experiment.from_config(config)
-  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
-  if ckpt.latest_step() is None:
-    raise checkpoint.CheckpointError(f"{workdir} holds no checkpoint yet ({ckpt.directory}).")
-  if step == "latest":
-    chosen = None
-  elif step.isdigit():
-    chosen = int(step)
-  else:
+  if step != "latest" and not step.isdigit():
     raise ValueError(f"--checkpoint must be 'latest' or a step number, got {step!r}.")
-  state, _ = ckpt.restore(exp.abstract_state(), chosen)
-  ckpt.close()
+  config = restore.workdir_config(workdir)
+  exp, state, _ = restore.restore_state(workdir, config, None if step == "latest" else int(step))
   return exp, (state.ema_params if which == "ema" else state.params), int(state.step)
 
 
@@ -89,17 +118,18 @@ def main(argv):
     if not _OUT.value.endswith(".npz"):
       raise ValueError(f"--out must name a .npz file, got {_OUT.value!r}.")
     exp, params, step = load_params(_WORKDIR.value, _PARAMS.value, _CHECKPOINT.value)
-    sigmas = resolve_sigmas(exp.levels, _STEPS.value, _SIGMAS.value, _TS.value, _TS_GRID.value,
-                            float(exp.config.sample.two_step_sigma))
-    samples = exp.generate(params, sigmas, _NUM.value, seed=_SEED.value,
-                           batch_size=_BATCH.value)
+    plan = resolve_plan(exp)
+    labels = exp.resolve_labels(parse_labels(_LABELS.value), _NUM.value, seed=_SEED.value)
+    samples = exp.generate(params, plan, _NUM.value, seed=_SEED.value,
+                           batch_size=_BATCH.value, labels=labels)
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
       tmp = _OUT.value[:-4] + ".tmp.npz"
-      np.savez(tmp, arr_0=samples)
+      np.savez(tmp, arr_0=samples, **({} if labels is None else {"arr_1": labels}))
       os.replace(tmp, _OUT.value)
-      print(f"Wrote {len(samples)} samples of checkpoint step {step} at sigmas {sigmas} "
-            f"to {_OUT.value}")
+      how = (f"with {plan.solver} over {plan.num_levels} levels ({plan.nfe} evaluations)"
+             if isinstance(plan, sampling.EDMPlan) else f"at sigmas {plan}")
+      print(f"Wrote {len(samples)} samples of checkpoint step {step} {how} to {_OUT.value}")
       if _GRID.value:
         images.save_png(_GRID.value, images.make_grid(samples[:256]), scale=4)
         print(f"Grid: {_GRID.value}")

@@ -1,4 +1,4 @@
-"""Consistency-model samplers (SPEC §8) as pure functions.
+"""Consistency-model samplers and the EDM ODE samplers (SPEC §8) as pure functions.
 
 `f(x, sigma) -> x0` is a consistency function with its parameters, labels and eval mode bound.
 Noise is drawn per sample from `fold_in(key, index)`, so sample i is the same whatever the batch
@@ -6,13 +6,14 @@ size or device count that produces it.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cm_jax import karras
+from cm_jax import karras, ode
 
 ConsistencyFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -22,12 +23,34 @@ def per_sample_normal(key, indices, sample_shape) -> jnp.ndarray:
   return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), sample_shape))(indices)
 
 
+# fold_in salt for the label stream; sampling steps (the noise streams' salts) never reach it.
+_LABEL_STREAM = 2**31 - 1
+
+
+def per_sample_labels(key, indices, num_classes: int) -> jnp.ndarray:
+  """int32 [len(indices)] class labels, label i from the seed and i alone (as the noise is)."""
+  label_key = jax.random.fold_in(key, _LABEL_STREAM)
+  draw = lambda i: jax.random.randint(jax.random.fold_in(label_key, i), (), 0, num_classes)
+  return jax.vmap(draw)(jnp.asarray(indices)).astype(jnp.int32)
+
+
+def sigmas_from_ts(ts: Sequence[int], steps: int, levels: karras.NoiseLevels) -> np.ndarray:
+  """The levels a released `ts` list evaluates: indices into a descending grid of `steps` levels.
+
+  The last index of a released list (e.g. 17 of 0,11,17 of 18) is the end of the trajectory
+  (sigma_min) and is not evaluated; a single index is one level.
+  """
+  sigmas = karras.ts_to_sigmas([int(t) for t in ts], steps, levels)  # validates every index
+  return check_sigmas(sigmas[:-1] if len(sigmas) > 1 else sigmas, levels)
+
+
 def check_sigmas(sigmas: Sequence[float], levels: karras.NoiseLevels) -> np.ndarray:
   """Sampling levels must decrease strictly and lie in (sigma_min, sigma_max]."""
   s = np.asarray(sigmas, np.float64).reshape(-1)
   if s.size == 0:
     raise ValueError("Give at least one sampling level.")
-  if np.any(s <= levels.sigma_min) or np.any(s > levels.sigma_max * (1 + 1e-6)):
+  # Relative slack both ends: a grid's end computed in float lands a rounding away from eps / T.
+  if np.any(s <= levels.sigma_min * (1 + 1e-6)) or np.any(s > levels.sigma_max * (1 + 1e-6)):
     raise ValueError(f"Sampling levels must lie in ({levels.sigma_min}, {levels.sigma_max}], "
                      f"got {s.tolist()}.")
   if np.any(np.diff(s) >= 0):
@@ -60,3 +83,50 @@ def to_uint8(images) -> np.ndarray:
   """[-1, 1] floats -> uint8 [0, 255] with rounding, the .npz exchange format."""
   x = np.asarray(images, np.float32)
   return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class EDMPlan:
+  """How to sample an EDM denoiser: `solver` over the descending Karras grid of `num_levels`
+  (sigma_max ... sigma_min), then one Euler step to sigma = 0 (SPEC §8: 18 levels, 35 NFE)."""
+  num_levels: int = 18
+  solver: str = "heun"
+
+  def __post_init__(self):
+    ode.get_step(self.solver)  # validates the name
+    if self.num_levels < 2:
+      raise ValueError(f"EDM sampling needs at least 2 levels, got {self.num_levels}.")
+
+  @classmethod
+  def from_config(cls, sample_config) -> "EDMPlan":
+    return cls(int(sample_config.edm_levels), str(sample_config.edm_solver))
+
+  @property
+  def nfe(self) -> int:
+    """Network evaluations: Heun 2N - 1, Euler N."""
+    return ode.EVALS_PER_STEP[self.solver] * (self.num_levels - 1) + 1
+
+  @property
+  def name(self) -> str:
+    return f"{self.solver}-{self.num_levels}"
+
+  def sigmas(self, levels: karras.NoiseLevels) -> np.ndarray:
+    return karras.karras_sigmas(self.num_levels, levels)[::-1].copy()
+
+
+def edm_sample(denoise: ode.DenoiserFn, key, indices, sample_shape, sigmas, solver: str = "heun",
+               clip: bool = True) -> jnp.ndarray:
+  """Solves the probability-flow ODE from x = sigmas[0] z down the decreasing `sigmas` (all > 0),
+  then takes the last step to sigma = 0 with Euler (x0 = D(x, sigmas[-1])), as EDM does.
+
+  z is the first noise of `multistep_sample` for the same key and indices, so a teacher's sample
+  and a distilled student's 1-step sample of one seed start from the same point. The steps run
+  in a `lax.scan`: one compiled network call per solver stage, whatever the number of levels.
+  """
+  step = ode.get_step(solver)
+  sigmas = jnp.asarray(np.asarray(sigmas, np.float32))
+  x = sigmas[0] * per_sample_normal(jax.random.fold_in(key, 0), indices, sample_shape)
+  pairs = jnp.stack([sigmas[:-1], sigmas[1:]], axis=1)  # [N-1, 2]: (sigma, sigma_next)
+  x, _ = jax.lax.scan(lambda x, p: (step(denoise, x, p[0], p[1]), None), x, pairs)
+  x = denoise(x, sigmas[-1])
+  return jnp.clip(x, -1.0, 1.0) if clip else x

@@ -5,13 +5,16 @@ argument (`configs/digits.py:method=ict`), and `runlocal` shrinks any config to 
 """
 import ml_collections
 
-METHODS = ("ct", "ict")
+METHODS = ("ct", "ict", "edm", "cd")
 
 
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "ict"
+  # CD: the EDM teacher's training workdir (restored read-only, its latest checkpoint's EMA).
+  # Part of the run's identity: a resume must name the same path.
+  c.teacher = ""
 
   # Noise levels and the boundary condition (SPEC §1).
   c.karras = ml_collections.ConfigDict(
@@ -51,6 +54,16 @@ def get_base_config() -> ml_collections.ConfigDict:
       p_std=2.0,
   ))
 
+  # The EDM denoiser / teacher (SPEC §1): ln sigma ~ N(p_mean, p_std^2) in training.
+  c.edm = ml_collections.ConfigDict(dict(p_mean=-1.2, p_std=1.2))
+
+  # Consistency distillation (SPEC §2); the distance is consistency.distance.
+  c.distill = ml_collections.ConfigDict(dict(
+      num_levels=18,          # fixed N of the teacher's grid (CIFAR-10 18, ImageNet 64 / LSUN 40)
+      solver="heun",          # heun | euler: the teacher's ODE step from s_{n+1} to s_n
+      target_decay=0.0,       # target EMA mu (CIFAR-10 0 = stopgrad(theta); ImageNet / LSUN 0.95)
+  ))
+
   c.optim = ml_collections.ConfigDict(dict(
       name="radam",           # radam | adam
       learning_rate=4e-4,
@@ -77,6 +90,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(dict(
       two_step_sigma=0.821,   # the intermediate level of 2-step sampling
       clip=True,
+      edm_levels=18,          # EDM workdirs: ODE solver levels (Heun: 2N-1 evaluations)
+      edm_solver="heun",      # heun | euler
   ))
 
   c.eval = ml_collections.ConfigDict(dict(

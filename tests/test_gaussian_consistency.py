@@ -1,7 +1,5 @@
-"""CT and iCT on data ~ N(0, s^2 I), where the consistency function is known in closed form.
-
-The PF-ODE of Gaussian data is linear: x_sigma = x_eps sqrt(s^2 + sigma^2) / sqrt(s^2 + eps^2), so
-f(x, sigma) = alpha(sigma) x with alpha(sigma) = sqrt(s^2 + eps^2) / sqrt(s^2 + sigma^2).
+"""CT and iCT on data ~ N(0, s^2 I), where the consistency function is known in closed form
+(tests/helpers/gaussian.py): f(x, sigma) = alpha(sigma) x.
 
 With a finite grid, the CT target x + s_n z (same z) is exact only to first order, so the training
 fixed point is the discrete chain alpha_{n+1} = alpha_n (s^2 + s_n s_{n+1}) / (s^2 + s_{n+1}^2),
@@ -10,88 +8,20 @@ isotropic Gaussian). That chain tends to the exact alpha as O(1/N).
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from cm_jax import karras
 from cm_jax.methods import ct, ict
-from configs import base
-
-S = 0.5                    # data standard deviation
-SHAPE = (4, 4, 1)          # d = 16 per sample
-LEVELS = karras.NoiseLevels()
-
-
-def exact_alpha(sigma):
-  eps = LEVELS.sigma_min
-  return np.sqrt(S**2 + eps**2) / np.sqrt(S**2 + np.asarray(sigma) ** 2)
+from tests.helpers.gaussian import (LEVELS, S, SHAPE, alpha_of, config_for, exact_alpha,
+                                    table_net, train, variance_net)
 
 
 def discrete_fixed_point(n_levels):
   sig = karras.karras_sigmas(n_levels, LEVELS)
   ratios = (S**2 + sig[:-1] * sig[1:]) / (S**2 + sig[1:] ** 2)
   return np.concatenate([[1.0], np.cumprod(ratios)])
-
-
-def alpha_of(params, net, sigma):
-  """The learned f(x, sigma) / x, read off by evaluating the consistency function."""
-  x = jnp.ones((len(sigma),) + SHAPE)
-  f = karras.consistency_function(lambda xi, noise: net(params, xi, noise, None, False, None), x,
-                                  jnp.asarray(sigma, jnp.float32), LEVELS)
-  return np.asarray(f[:, 0, 0, 0])
-
-
-def table_net(n_levels):
-  """F = g[level] x_in with one free gain per grid level (looked up by the nearest c_noise):
-  every per-level linear map, so the discrete fixed point is in the family exactly."""
-  knots = jnp.asarray(karras.c_noise(karras.karras_sigmas(n_levels, LEVELS)), jnp.float32)
-  def net(params, x_in, noise, labels, train, rng):
-    level = jnp.argmin(jnp.abs(noise[:, None] - knots[None, :]), axis=1)
-    return params["g"][level][:, None, None, None] * x_in
-  return net, {"g": jnp.zeros((n_levels,), jnp.float32)}
-
-
-def variance_net():
-  """F such that f(x, sigma) = sqrt(v + eps^2) / sqrt(v + sigma^2) x with one learned v: the
-  exact consistency function is the member v = s^2."""
-  def net(params, x_in, noise, labels, train, rng):
-    sigma = jnp.exp(4.0 * noise)  # inverts c_noise = 0.25 ln sigma
-    v = jnp.exp(params["log_v"])
-    alpha = jnp.sqrt(v + LEVELS.sigma_min**2) / jnp.sqrt(v + sigma**2)
-    c_skip, c_out = karras.consistency_scalings(sigma, LEVELS)
-    safe = jnp.where(c_out > 0, c_out * karras.c_in(sigma, LEVELS), 1.0)
-    g = jnp.where(c_out > 0, (alpha - c_skip) / safe, 0.0)
-    return g[:, None, None, None] * x_in
-  return net, {"log_v": jnp.asarray(np.log(1.0), jnp.float32)}
-
-
-def config_for(method, num_steps, **consistency):
-  c = base.get_base_config()
-  c.method = method
-  c.train.num_steps = num_steps
-  c.consistency.update(consistency)
-  return c
-
-
-def train(method, params, steps, lr, batch=512, seed=0):
-  tx = optax.adam(optax.exponential_decay(lr, steps, 0.01))
-  target = params if method.has_target_network else None
-
-  def step(carry, k):
-    params, target, opt_state = carry
-    # Independent keys for the data and the loss: fold_in(key, 1) equals split(key, 3)[1].
-    data_key, key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), k))
-    x = S * jax.random.normal(data_key, (batch,) + SHAPE)
-    grads = jax.grad(lambda p: method.loss(p, target, {"image": x}, key, k)[0])(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, method.update_target(target, params, k), opt_state), None
-
-  (params, _, _), _ = jax.lax.scan(step, (params, target, tx.init(params)), jnp.arange(steps))
-  return params
 
 
 def test_discrete_fixed_point_tends_to_exact_consistency_function():

@@ -46,3 +46,19 @@ def test_ts_indices_map_to_descending_grid():
   assert s[0] == pytest.approx(80.0) and s[-1] == pytest.approx(0.002)
   with pytest.raises(ValueError, match="ts indices"):
     karras.ts_to_sigmas([0, 18], 18, LEVELS)
+
+
+def test_edm_denoiser_scalings():
+  """EDM's c_skip, c_out make the network's target unit-variance at every sigma for data of
+  variance sd^2, and D(x, s) = c_skip x when the network returns 0 (per-sample sigmas)."""
+  sd = LEVELS.sigma_data
+  sigma = jnp.asarray([0.002, 0.5, 2.0, 80.0])
+  c_skip, c_out = karras.denoiser_scalings(sigma, LEVELS)
+  np.testing.assert_allclose(c_skip[1], 0.5, rtol=1e-6)
+  np.testing.assert_allclose(c_out[1], sd / np.sqrt(2.0), rtol=1e-6)
+  # F's target (y - c_skip (y + s n)) / c_out for y ~ N(0, sd^2), n ~ N(0, 1): unit variance.
+  target_var = (c_skip**2 * sigma**2 + (1 - c_skip) ** 2 * sd**2) / c_out**2
+  np.testing.assert_allclose(target_var, 1.0, rtol=1e-5)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 2, 2, 1))
+  out = karras.denoiser(lambda x_in, noise: jnp.zeros_like(x_in), x, sigma, LEVELS)
+  np.testing.assert_allclose(out, c_skip[:, None, None, None] * x, rtol=1e-6)

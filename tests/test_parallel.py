@@ -10,7 +10,7 @@ import pytest
 from tests import subprocess_env
 
 
-@pytest.mark.parametrize("method", ["ct", "ict"])
+@pytest.mark.parametrize("method", ["ct", "ict", "cd"])
 def test_train_step_8_devices_matches_1(method):
   env = subprocess_env(devices=8)
   out = subprocess.run([sys.executable, "-m", "tests.helpers.multidevice_step", method],

@@ -1,8 +1,10 @@
 """Consistency training (CT, SPEC §3) and the machinery iCT shares with it.
 
-A method is `loss(params, target_params, batch, rng, step) -> (loss, aux)` plus the
-target-network update. CT and iCT differ only in four pluggable pieces: the curriculum N(k), how
-the adjacent pair (s_n, s_{n+1}) is drawn, the weighting lambda, and the target network.
+A method is `loss(params, target_params, batch, rng, step, frozen=None) -> (loss, aux)` plus the
+target-network update; `frozen` holds read-only parameters a method needs besides its own (the CD
+teacher). CT and iCT differ only in four pluggable pieces: the curriculum N(k), how the adjacent
+pair (s_n, s_{n+1}) is drawn, the weighting lambda, and the target network. CD (cd.py) adds a
+fifth: x_lo from one teacher ODE step instead of x + s_n z.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from cm_jax import distances, karras
 
 # net(params, x_in [B,H,W,C], c_noise [B], labels [B] | None, train, dropout_rng) -> F [B,H,W,C]
 Net = Callable[..., jnp.ndarray]
+# (teacher_params, x_hi, sigma_hi [B], sigma_lo [B], labels) -> x_lo: one step down the PF-ODE
+TeacherStep = Callable[..., jnp.ndarray]
 
 
 def ct_num_levels(step, total_steps: int, s0: int, s1: int, xp=jnp):
@@ -61,16 +65,22 @@ class ConsistencyTraining:
   pair_index: Callable[[Any, Any, int], jnp.ndarray]   # (rng, N, B) -> n in 1..N-1
   weight: Callable[[Any, Any], jnp.ndarray]            # (s_n, s_{n+1}) -> lambda
   target_decay: Optional[Callable[[Any], jnp.ndarray]]  # step -> mu(k); None: target = sg(theta)
+  teacher_step: Optional[TeacherStep] = None  # CD; None: CT's x_lo = x + s_n z
 
   @property
   def has_target_network(self) -> bool:
     return self.target_decay is not None
 
+  @property
+  def uses_teacher(self) -> bool:
+    """Whether `loss` needs the teacher's parameters as `frozen`."""
+    return self.teacher_step is not None
+
   def consistency(self, params, x, sigma, labels, train: bool, rng):
     net = lambda x_in, noise: self.net(params, x_in, noise, labels, train, rng)
     return karras.consistency_function(net, x, sigma, self.levels)
 
-  def loss(self, params, target_params, batch, rng, step):
+  def loss(self, params, target_params, batch, rng, step, frozen=None):
     x, labels = batch["image"], batch.get("label")
     rng_pair, rng_noise, rng_dropout = jax.random.split(rng, 3)
     n_levels = self.num_levels(step)
@@ -78,9 +88,14 @@ class ConsistencyTraining:
     sigma_lo = karras.sigma_at(n, n_levels, self.levels)
     sigma_hi = karras.sigma_at(n + 1, n_levels, self.levels)
     z = jax.random.normal(rng_noise, x.shape, x.dtype)
-    # The same z on both sides: x_lo is the exact ODE point for a one-sample data distribution.
-    x_hi = x + karras._per_sample(sigma_hi, x) * z
-    x_lo = x + karras._per_sample(sigma_lo, x) * z
+    x_hi = x + karras.per_sample(sigma_hi, x) * z
+    if self.uses_teacher:
+      if frozen is None:
+        raise ValueError("Distillation needs the teacher's parameters: pass them as `frozen`.")
+      x_lo = jax.lax.stop_gradient(self.teacher_step(frozen, x_hi, sigma_hi, sigma_lo, labels))
+    else:
+      # The same z on both sides: x_lo is the exact ODE point for a one-sample data distribution.
+      x_lo = x + karras.per_sample(sigma_lo, x) * z
     online = self.consistency(params, x_hi, sigma_hi, labels, True, rng_dropout)
     teacher_params = target_params if self.has_target_network else params
     # The same dropout key for the online and target passes.

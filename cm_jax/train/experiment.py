@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -56,6 +56,39 @@ class Experiment:
     repl = parallel.replicated(self.mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
 
+  @property
+  def num_classes(self) -> int:
+    """Classes the network is conditioned on; 0 = unconditional (it ignores labels)."""
+    return int(self.config.data.num_classes) if self.config.model.class_conditional else 0
+
+  def resolve_labels(self, labels, num_samples: int, seed: int, first_index: int = 0
+                     ) -> Optional[np.ndarray]:
+    """int32 [num_samples] labels for a class-conditional network, None for an unconditional one.
+
+    labels: None or 'random' (label i drawn from (seed, i) alone, so it does not depend on the
+    batch size), or ints: one per sample, or a single one for all.
+    """
+    if labels is None or (isinstance(labels, str) and labels == "random"):
+      if not self.num_classes:
+        return None
+      idx = np.arange(first_index, first_index + num_samples, dtype=np.int32)
+      return np.asarray(sampling.per_sample_labels(jax.random.PRNGKey(seed), idx,
+                                                   self.num_classes))
+    if not self.num_classes:
+      raise ValueError("This model is unconditional (model.class_conditional=False): it takes "
+                       "no labels.")
+    out = np.asarray(labels).reshape(-1)
+    if not np.issubdtype(out.dtype, np.integer):
+      raise ValueError(f"Labels must be integers, got {out.tolist()}.")
+    if out.size == 1:
+      out = np.full((num_samples,), out[0])
+    if out.size != num_samples:
+      raise ValueError(f"Got {out.size} labels for {num_samples} samples: give one per sample, "
+                       "a single one for all, or 'random'.")
+    if out.min() < 0 or out.max() >= self.num_classes:
+      raise ValueError(f"Labels must lie in [0, {self.num_classes - 1}], got {out.tolist()}.")
+    return out.astype(np.int32)
+
   def consistency_fn(self, params, labels=None) -> sampling.ConsistencyFn:
     """f(x, sigma) in eval mode (no dropout) with parameters and labels bound."""
     def f(x, sigma):
@@ -63,36 +96,77 @@ class Experiment:
       return karras.consistency_function(net, x, sigma, self.levels)
     return f
 
-  def sampler(self, sigmas: Sequence[float], clip: bool = True):
-    """jitted (params, key, indices [B]) -> images [B, H, W, C] in [-1, 1], sharded over devices.
+  @property
+  def is_denoiser(self) -> bool:
+    """EDM runs train a denoiser D(x, s), sampled by an ODE solver; the other methods train a
+    consistency function f(x, s), sampled in 1 or a few steps."""
+    return self.config.method in methods.DENOISERS
 
-    One compiled sampler per (levels, clip), kept for the life of the experiment.
+  def denoiser_fn(self, params, labels=None) -> Callable:
+    """D(x, sigma) in eval mode (no dropout) with parameters and labels bound."""
+    def d(x, sigma):
+      net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
+      return karras.denoiser(net, x, sigma, self.levels)
+    return d
+
+  def default_plan(self):
+    """What a preview samples: 1 step from sigma_max, or the config's ODE solver for EDM."""
+    if self.is_denoiser:
+      return sampling.EDMPlan.from_config(self.config.sample)
+    return [self.levels.sigma_max]
+
+  def sampler(self, plan, clip: bool = True):
+    """jitted (params, key, indices [B], labels [B] | None) -> images [B, H, W, C] in [-1, 1].
+
+    plan: decreasing sigmas for a consistency model, a `sampling.EDMPlan` for a denoiser.
+    Sharded over the batch axis. One compiled sampler per (plan, clip), kept for the life of
+    the experiment (labels or none: one trace each).
     """
-    sigmas = tuple(float(s) for s in sampling.check_sigmas(sigmas, self.levels))
-    if (sigmas, clip) not in self._samplers:
-      self._samplers[(sigmas, clip)] = self._build_sampler(sigmas, clip)
-    return self._samplers[(sigmas, clip)]
+    if isinstance(plan, sampling.EDMPlan) != self.is_denoiser:
+      raise ValueError(
+          f"A method={self.config.method} model is sampled with "
+          + ("an ODE solver (sampling.EDMPlan: --edm_levels, --edm_solver), not consistency "
+             "levels." if self.is_denoiser else "consistency levels (sigmas), not an ODE solver."))
+    if not self.is_denoiser:
+      plan = tuple(float(s) for s in sampling.check_sigmas(plan, self.levels))
+    if (plan, clip) not in self._samplers:
+      self._samplers[(plan, clip)] = self._build_sampler(plan, clip)
+    return self._samplers[(plan, clip)]
 
-  def _build_sampler(self, sigmas: tuple[float, ...], clip: bool):
-    def run(params, key, indices):
-      return sampling.multistep_sample(self.consistency_fn(params), key, indices,
-                                       self.sample_shape, sigmas, self.levels, clip=clip)
+  def _build_sampler(self, plan, clip: bool):
+    def run(params, key, indices, labels=None):
+      if self.is_denoiser:
+        return sampling.edm_sample(self.denoiser_fn(params, labels), key, indices,
+                                   self.sample_shape, plan.sigmas(self.levels), plan.solver,
+                                   clip=clip)
+      return sampling.multistep_sample(self.consistency_fn(params, labels), key, indices,
+                                       self.sample_shape, plan, self.levels, clip=clip)
     repl, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
-    return jax.jit(run, in_shardings=(repl, repl, data), out_shardings=data)
+    return jax.jit(run, in_shardings=(repl, repl, data, data), out_shardings=data)
 
-  def generate(self, params, sigmas, num_samples: int, seed: int, batch_size: int = 256,
-               first_index: int = 0) -> np.ndarray:
-    """uint8 [num_samples, H, W, C]; sample i depends only on (seed, i, sigmas)."""
-    run = self.sampler(sigmas, clip=bool(self.config.sample.clip))
+  def generate(self, params, plan, num_samples: int, seed: int, batch_size: int = 256,
+               first_index: int = 0, labels=None) -> np.ndarray:
+    """uint8 [num_samples, H, W, C]; sample i depends only on (seed, i, plan, label i).
+
+    plan: see `sampler` (sigmas for a consistency model, an EDMPlan for an EDM denoiser).
+
+    labels: see `resolve_labels` (a class-conditional network draws them when none are given).
+    """
+    run = self.sampler(plan, clip=bool(self.config.sample.clip))
+    labels = self.resolve_labels(labels, num_samples, seed, first_index)
     devices = self.mesh.devices.size
     round_up = lambda n: -(-n // devices) * devices
     # Every call has the same (device-divisible) size, so the sampler compiles once; the last
     # batch is padded with the indices that follow and trimmed.
     batch_size = round_up(max(1, min(batch_size, num_samples)))
+    if labels is not None:  # [num_samples] -> padded to whole batches (the padding is trimmed)
+      labels = np.pad(labels, (0, -num_samples % batch_size))
     key = jax.random.PRNGKey(seed)
     out = []
     for start in range(0, num_samples, batch_size):
       count = min(batch_size, num_samples - start)
       idx = jnp.arange(first_index + start, first_index + start + batch_size, dtype=jnp.int32)
-      out.append(sampling.to_uint8(jax.device_get(run(params, key, idx)))[:count])
+      batch_labels = None if labels is None else labels[start:start + batch_size]
+      images = run(params, key, idx, batch_labels)
+      out.append(sampling.to_uint8(jax.device_get(images))[:count])
     return np.concatenate(out, axis=0)

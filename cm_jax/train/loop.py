@@ -14,6 +14,7 @@ import numpy as np
 
 from cm_jax import checkpoint, data, images, parallel
 from cm_jax.train import metrics as metrics_lib
+from cm_jax.train import teacher as teacher_lib
 from cm_jax.train.experiment import Experiment
 from cm_jax.train.step import make_train_step
 
@@ -52,15 +53,16 @@ def check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> Non
 
 
 def save_grid(exp: Experiment, params, workdir: str, step: int, writer) -> str:
-  """1-step samples from sigma_max (fixed seed, so grids compare across steps)."""
+  """1-step samples from sigma_max, or the ODE solver's for EDM (fixed seed, so grids compare
+  across steps)."""
   n = int(exp.config.train.num_grid_samples)
-  samples = exp.generate(params, [exp.levels.sigma_max], n, seed=0)
+  samples = exp.generate(params, exp.default_plan(), n, seed=0)
   grid = images.make_grid(samples)
   path = os.path.join(workdir, "samples", f"grid_step{step:07d}.png")
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     images.save_png(path, grid, scale=4)
-    writer.write_images(step, {"samples/1step": grid})
+    writer.write_images(step, {"samples/" + ("ode" if exp.is_denoiser else "1step"): grid})
   return path
 
 
@@ -71,15 +73,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_batch = int(tc.batch_size)
   parallel.check_batch_size(global_batch, exp.mesh)
   data.check_config(config.data)
+  # CD: a missing or mismatched teacher is an error before this workdir is touched.
+  teacher_config = teacher_lib.check(config) if exp.method.uses_teacher else None
   if jax.process_index() == 0:
     checkpoint.check_or_write_config(workdir, config)
 
   ckpt = checkpoint.Checkpointer(workdir, keep=int(tc.keep_checkpoints))
+  teacher = None
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(exp.abstract_state())
+    if teacher_config is not None:
+      teacher = teacher_lib.load(config, teacher_config, exp.mesh, recorded=meta.get("teacher"))
     log.info("Resumed from step %d in %s", meta["step"], ckpt.directory)
+  elif teacher_config is not None:
+    teacher = teacher_lib.load(config, teacher_config, exp.mesh)
+    state = teacher_lib.init_student(exp, int(config.seed), teacher)
   else:
     state = exp.init_state(int(config.seed))
+  frozen = None if teacher is None else teacher.ema_params  # never donated, never saved
   start = int(jax.device_get(state.step))
   num_steps = int(tc.num_steps)
   writer = metrics_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
@@ -94,7 +105,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = data.train_batches(config.data, global_batch_size=global_batch,
                                seed=int(config.seed), start_step=start)
   train_step = make_train_step(exp.method, exp.tx, float(config.ema_rate), exp.mesh)
-  meta = lambda s: {"step": s, "data_position": s, "method": config.method}
+  meta = lambda s: {"step": s, "data_position": s, "method": config.method,
+                    **({} if teacher is None else {"teacher": teacher.meta})}
   summary = {"workdir": workdir, "start_step": start, "preempted": None}
 
   t_last, step_last = time.perf_counter(), start
@@ -102,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = start
     while step < num_steps:
       batch = parallel.global_batch(next(batches), exp.mesh)
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, frozen)
       step += 1
       if step % int(tc.log_every) == 0 or step == num_steps or stop.requested:
         host = jax.device_get(metrics)

@@ -1,4 +1,5 @@
-"""The end-of-run report: 1- and 2-step samples, a grid, and the digits quality figure.
+"""The end-of-run report: 1- and 2-step samples (EDM: the ODE solver's), a grid, and the digits
+quality figure.
 
 Inception FID means nothing for 16x16 digits, so the default run scores samples by a Frechet
 distance in the feature space of a small digit classifier the project trains (cached), beside the
@@ -13,7 +14,7 @@ import os
 import jax
 import numpy as np
 
-from cm_jax import data, images
+from cm_jax import data, images, methods, sampling
 from cm_jax.evaluation import digit_features
 
 log = logging.getLogger("cm_jax")
@@ -24,24 +25,36 @@ def feature_cache_dir() -> str:
   return os.path.join(root, "cm_jax")
 
 
-def sampling_plans(config, levels) -> dict[str, list[float]]:
+def sampling_plans(config, levels) -> dict:
+  """Consistency models: 1 and 2 steps. EDM denoisers: the config's ODE solver (Heun, 18 levels =
+  35 evaluations by default)."""
+  if config.method in methods.DENOISERS:
+    plan = sampling.EDMPlan.from_config(config.sample)
+    return {plan.name: plan}
   return {"1-step": [levels.sigma_max],
           "2-step": [levels.sigma_max, float(config.sample.two_step_sigma)]}
 
 
+def describe_plan(plan) -> dict:
+  """JSON-able: the levels of a consistency plan, or the solver of an ODE plan; and the NFE."""
+  if isinstance(plan, sampling.EDMPlan):
+    return {"solver": plan.solver, "levels": plan.num_levels, "nfe": plan.nfe}
+  return {"sigmas": [float(s) for s in plan], "nfe": len(plan)}
+
+
 def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> dict:
-  """Quality of 1- and 2-step samples: {plan: report} plus the uint8 samples themselves."""
+  """Quality of each sampling plan's samples: {plan: report} plus the uint8 samples themselves."""
   config = exp.config
   reference = data.load_split(config.data, "train")
   heldout = data.load_split(config.data, "test")
   net = digit_features.load_or_train(feature_cache_dir(), reference["image"], reference["label"])
   n = num_samples or len(heldout["image"])
   results, samples = {}, {}
-  for name, sigmas in sampling_plans(config, exp.levels).items():
-    samples[name] = exp.generate(params, sigmas, n, seed=seed)
+  for name, plan in sampling_plans(config, exp.levels).items():
+    samples[name] = exp.generate(params, plan, n, seed=seed)
     report = digit_features.quality_report(net, samples[name], reference["image"],
                                            heldout["image"][:n])
-    results[name] = {"sigmas": sigmas, **report}
+    results[name] = {**describe_plan(plan), **report}
   return results, samples
 
 
@@ -73,15 +86,17 @@ def final_report(summary: dict) -> dict:
   json_path = os.path.join(eval_dir, f"digits_quality_step{step:07d}.json")
   with open(json_path, "w") as f:
     json.dump({"step": step, "method": config.method, **results}, f, indent=2)
-  # Left block: 1-step samples; right block: 2-step samples of the same seeds.
-  n = min(50, len(samples["1-step"]))
-  left, right = (images.make_grid(samples[k][:n], ncols=5) for k in ("1-step", "2-step"))
-  gap = np.full((left.shape[0], 4, left.shape[2]), 255, np.uint8)
-  grid_path = os.path.join(workdir, "samples", f"final_1step_2step_step{step:07d}.png")
+  # One block per plan, left to right (1-step, 2-step), the same seeds in each.
+  n = min(50, len(next(iter(samples.values()))))
+  blocks = [images.make_grid(samples[k][:n], ncols=5) for k in samples]
+  gap = np.full((blocks[0].shape[0], 4, blocks[0].shape[2]), 255, np.uint8)
+  joined = [b for block in blocks for b in (block, gap)][:-1]
+  name = "_".join(k.replace("-", "") for k in samples)
+  grid_path = os.path.join(workdir, "samples", f"final_{name}_step{step:07d}.png")
   os.makedirs(os.path.dirname(grid_path), exist_ok=True)
-  images.save_png(grid_path, np.concatenate([left, gap, right], axis=1), scale=4)
+  images.save_png(grid_path, np.concatenate(joined, axis=1), scale=4)
   print(format_table(results))
-  print(f"Samples (left 1-step, right 2-step): {grid_path}\nScores: {json_path}")
+  print(f"Samples (left to right: {', '.join(samples)}): {grid_path}\nScores: {json_path}")
   return results
 
 
@@ -97,14 +112,19 @@ def latest_scores(workdir: str) -> dict:
 
 
 def markdown_table(workdirs: list[str]) -> str:
-  """One row per run: Frechet at 1 and 2 steps, classes covered, beside real held-out digits."""
-  rows = ["| run | method | steps | 1-step Frechet | 2-step Frechet | real held-out | "
-          "classes (1-step) |", "|---|---|---|---|---|---|---|"]
+  """One row per run: Frechet at 1 and 2 steps (consistency models) or with the ODE solver (EDM),
+  classes covered (by the first plan), beside real held-out digits."""
+  rows = ["| run | method | steps | 1-step Frechet | 2-step Frechet | ODE solver Frechet (NFE) | "
+          "real held-out | classes |", "|---|---|---|---|---|---|---|---|"]
   for w in workdirs:
     s = latest_scores(w)
-    one, two = s["1-step"], s["2-step"]
-    rows.append(f"| `{w}` | {s['method']} | {s['step']} | {one['frechet']:.1f} | "
-                f"{two['frechet']:.1f} | {one['frechet_real']:.1f} | {one['classes_covered']}/10 |")
+    plans = {k: v for k, v in s.items() if isinstance(v, dict)}
+    first = next(iter(plans.values()))
+    cell = lambda k: f"{plans[k]['frechet']:.1f}" if k in plans else "-"
+    ode = "; ".join(f"{v['frechet']:.1f} ({v['solver']}, {v['nfe']})"
+                    for v in plans.values() if "solver" in v) or "-"
+    rows.append(f"| `{w}` | {s['method']} | {s['step']} | {cell('1-step')} | {cell('2-step')} | "
+                f"{ode} | {first['frechet_real']:.1f} | {first['classes_covered']}/10 |")
   return "\n".join(rows)
 
 

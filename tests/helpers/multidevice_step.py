@@ -3,6 +3,7 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from cm_jax import parallel
@@ -24,10 +25,13 @@ for devices in (1, 8):
   mesh = parallel.create_mesh(jax.devices()[:devices])
   exp = Experiment.from_config(config, mesh)
   state = exp.init_state(0)
+  # CD: a stand-in teacher of the same network, passed as the replicated, non-donated `frozen`
+  # (reused every step: a donated one would be deleted after the first).
+  frozen = jax.tree.map(jnp.copy, state.ema_params) if exp.method.uses_teacher else None
   step = make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh)
   losses = []
   for _ in range(3):
-    state, metrics = step(state, parallel.global_batch(batch, mesh))
+    state, metrics = step(state, parallel.global_batch(batch, mesh), frozen)
     losses.append(float(metrics["loss"]))
   # N(k) and mu(k) change with the step inside the trace: the step must compile once.
   assert step._cache_size() == 1, step._cache_size()
