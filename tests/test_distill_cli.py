@@ -97,20 +97,22 @@ def _error(out, *fragments):
 
 def test_bad_teachers_are_clear_errors_before_training(runs, tmp_path):
   teacher, student, _, _, _ = runs
-  cases = [
-      ((), "needs an EDM teacher"),
-      ((f"--config.teacher={tmp_path / 'nowhere'}",), "does not exist"),
-      ((f"--config.teacher={student}",), "is a method=cd run"),
-      ((f"--config.teacher={teacher}", "--config.model.channels=8"), "model.channels:"),
-  ]
   half = tmp_path / "half"  # a teacher whose only save never finished
   shutil.copytree(teacher, half)
   shutil.rmtree(half / "checkpoints" / "2")
   os.rename(half / "checkpoints" / "4", half / "checkpoints" / "4.orbax-checkpoint-tmp-0")
-  cases.append(((f"--config.teacher={half}",), "no finished checkpoint"))
-  for i, (overrides, message) in enumerate(cases):
+  cases = [
+      (CD, (), "needs an EDM teacher"),
+      (CD, (f"--config.teacher={tmp_path / 'nowhere'}",), "does not exist"),
+      (CD, (f"--config.teacher={student}",), "is a method=cd run"),
+      (CD, (f"--config.teacher={teacher}", "--config.model.channels=8"), "model.channels:"),
+      (CD, (f"--config.teacher={half}",), "no finished checkpoint"),
+      ("configs/digits.py:method=ict,runlocal", (f"--config.teacher={teacher}",),
+       "does not use a teacher"),
+  ]
+  for i, (config, overrides, message) in enumerate(cases):
     workdir = tmp_path / f"w{i}"
-    _error(train(workdir, CD, *overrides, check=False), message)
+    _error(train(workdir, config, *overrides, check=False), message)
     assert not os.path.exists(workdir / "checkpoints")
     assert not os.path.exists(workdir / "config.json")
 

@@ -75,6 +75,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data.check_config(config.data)
   # CD: a missing or mismatched teacher is an error before this workdir is touched.
   teacher_config = teacher_lib.check(config) if exp.method.uses_teacher else None
+  if teacher_config is None and config.get("teacher"):
+    raise ValueError(f"--config.teacher is for distillation (method=cd); method={config.method} "
+                     "does not use a teacher.")
   if jax.process_index() == 0:
     checkpoint.check_or_write_config(workdir, config)
 
