@@ -1,4 +1,4 @@
-"""EDM, its ODE samplers and CD on data ~ N(0, s^2 I), against closed forms (tests/helpers/gaussian.py).
+"""EDM, its ODE samplers and CD on data ~ N(0, s^2 I), against closed forms (helpers/gaussian.py).
 
 The exact denoiser is D(x, sigma) = x s^2 / (s^2 + sigma^2) and the PF-ODE moves x along
 x_sigma' = x_sigma sqrt(s^2 + sigma'^2) / sqrt(s^2 + sigma^2).
