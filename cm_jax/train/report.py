@@ -42,7 +42,7 @@ def describe_plan(plan) -> dict:
   return {"sigmas": [float(s) for s in plan], "nfe": len(plan)}
 
 
-def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> dict:
+def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict, dict]:
   """Quality of each sampling plan's samples: {plan: report} plus the uint8 samples themselves."""
   config = exp.config
   reference = data.load_split(config.data, "train")
