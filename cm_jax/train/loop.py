@@ -99,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
   if start == 0:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    writer.write_hparams({**checkpoint._flatten(checkpoint._config_dict(config)),
+    writer.write_hparams({**checkpoint.flat_config(config),
                           "num_params": n_params})
     log.info("Training %s on %s: %d parameters, %d devices, global batch %d, %d steps.",
              config.method, config.data.name, n_params, exp.mesh.devices.size, global_batch,
