@@ -41,6 +41,11 @@ def get_base_config() -> ml_collections.ConfigDict:
       fourier_scale=16.0,     # CM: 16; iCT: 0.02
       emb_dim=256,
       class_conditional=False,
+      # Paper networks (SPEC §12): attn_resolutions are in pixels for ncsnpp / adm.
+      num_head_channels=64,   # adm: channels per attention head
+      use_scale_shift_norm=False,  # adm: ImageNet 64 True, LSUN 256 False
+      resblock_updown=True,   # adm: resample inside residual blocks
+      dtype="float32",        # compute dtype: float32 | bfloat16 (params, optimizer, EMA stay fp32)
   ))
 
   # Consistency training, shared by CT and iCT (SPEC §3-§5); the method fills in its defaults.
