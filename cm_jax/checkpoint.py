@@ -41,6 +41,13 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def _base_defaults() -> dict[str, Any]:
+  """Flattened defaults of configs/base.py: keys a later version added, which an older workdir's
+  config.json lacks, take these values (they reproduce the older behaviour)."""
+  from configs import base  # configs/ ships with the package
+  return _flatten(_config_dict(base.get_base_config()))
+
+
 def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """{'a.b': value} with JSON values (tuples as lists), as config.json stores them."""
   return _flatten(_config_dict(config))
@@ -58,6 +65,9 @@ def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> No
       raise CheckpointError(f"{path} is unreadable ({e}); it records this workdir's config. "
                             "Restore it or use a new --workdir.") from None
     flat_old, flat_new = _flatten(old), _flatten(new)
+    complete = set(flat_old) >= set(flat_new)
+    for k, v in _base_defaults().items():
+      flat_old.setdefault(k, v)
     differ = sorted(
         k for k in set(flat_old) | set(flat_new)
         if flat_old.get(k) != flat_new.get(k) and not k.startswith(RUNTIME_KEYS))
@@ -68,7 +78,7 @@ def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> No
           f"The workdir {workdir} holds a checkpoint of another config ({details}"
           f"{'; ...' if len(differ) > 8 else ''}). Use a new --workdir, or pass the same config "
           "to resume this run.")
-    if not differ:
+    if not differ and complete:
       return
   os.makedirs(workdir, exist_ok=True)
   tmp = path + ".tmp"
@@ -88,7 +98,20 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       raw = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path} is unreadable ({e}).") from None
-  return ml_collections.ConfigDict(_tuples(raw))
+  return ml_collections.ConfigDict(_tuples(_fill_missing(raw, _base_defaults())))
+
+
+def _fill_missing(tree: dict, flat_defaults: dict[str, Any]) -> dict:
+  """Adds the keys a workdir's config.json lacks (written by an older version) with defaults."""
+  for key, value in flat_defaults.items():
+    node, *path = tree, *key.split(".")
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+      if not isinstance(node, dict):
+        break
+    else:
+      node.setdefault(path[-1], value)
+  return tree
 
 
 def _tuples(tree):
