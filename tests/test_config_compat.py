@@ -14,7 +14,7 @@ def _write_old_workdir(tmp_path, drop=("model.dtype", "model.num_head_channels")
     group, name = key.split(".")
     del raw[group][name]
   (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(raw))
-  (tmp_path / checkpoint.CHECKPOINT_DIR / "4").mkdir(parents=True)
+  (tmp_path / checkpoint.CHECKPOINT_DIR / "4").mkdir(parents=True, exist_ok=True)
   return config
 
 
