@@ -89,7 +89,13 @@ def get_base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       sample_every=10000,
       num_grid_samples=64,
+      skip_nonfinite=False,   # True: a step with a non-finite loss or gradient is not applied
+                              # (counted and logged); False: the run stops and names the step
   ))
+
+  # Parallelism (docs/scaling.md). Pure data parallel by default; fsdp=K splits parameters,
+  # optimizer state and EMA over an `fsdp` mesh axis of K devices (K divides the devices).
+  c.parallel = ml_collections.ConfigDict(dict(fsdp=1))
 
   # Sampling the default run (and `cm_jax.sample` when no sigmas are given) uses (SPEC §8).
   c.sample = ml_collections.ConfigDict(dict(
