@@ -5,7 +5,7 @@ argument (`configs/digits.py:method=ict`), and `runlocal` shrinks any config to 
 """
 import ml_collections
 
-METHODS = ("ct", "ict", "edm", "cd")
+METHODS = ("ct", "ict", "edm", "cd", "ect", "trigflow", "sct", "scd")
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -67,6 +67,29 @@ def get_base_config() -> ml_collections.ConfigDict:
       num_levels=18,          # fixed N of the teacher's grid (CIFAR-10 18, ImageNet 64 / LSUN 40)
       solver="heun",          # heun | euler: the teacher's ODE step from s_{n+1} to s_n
       target_decay=0.0,       # target EMA mu (CIFAR-10 0 = stopgrad(theta); ImageNet / LSUN 0.95)
+  ))
+
+  # Easy consistency tuning (SPEC §6): starts from an EDM workdir (config.teacher).
+  c.ect = ml_collections.ConfigDict(dict(
+      p_mean=-1.1,            # t ~ LogNormal(p_mean, p_std) (ImageNet 64: -0.8, 1.6)
+      p_std=2.0,
+      q=2.0,                  # r = t (1 - q^-(a+1) (1 + k sigmoid(-b t))), clamped at >= 0
+      k=8.0,
+      b=1.0,
+      stage_steps=25_000,     # the stage a grows by 1 every stage_steps
+      huber_c=0.0,            # pseudo-Huber c (CIFAR-10 0); < 0: iCT's 0.00054 sqrt(d)
+  ))
+
+  # TrigFlow and continuous-time consistency models (SPEC §7): trigflow | sct | scd.
+  c.scm = ml_collections.ConfigDict(dict(
+      p_mean=-1.0,            # tau ~ N(p_mean, p_std^2), t = arctan(exp(tau) / sigma_data)
+      p_std=1.4,
+      time_scale=1.0,         # network time input c_noise(t) = time_scale * t (1 or 1000)
+      warmup_steps=10_000,    # tangent warm-up r = min(1, step / warmup_steps)
+      tangent_norm_c=0.1,     # g <- g / (||g|| + c); < 0: no normalisation
+      adaptive_weight=True,   # learned w(t): loss exp(w)/D ||.||^2 - w (else w = 0)
+      weight_hidden=64,       # width of the w(t) head
+      two_step_t=1.1,         # the intermediate time of 2-step sampling
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
