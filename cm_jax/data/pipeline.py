@@ -111,6 +111,11 @@ def _open_checked(data_config: ml_collections.ConfigDict, split: str) -> sources
                      f"--config.data.num_classes={source.num_classes} (or 0 to ignore labels).")
   if data_config.resolution <= 0:
     raise ValueError(f"data.resolution must be positive, got {data_config.resolution}.")
+  native = source.resolution
+  if native and data_config.resolution > native and not source.allow_upsample:
+    raise ValueError(f"data.resolution={data_config.resolution} but {name!r} holds {native}x"
+                     f"{native} images, and upsampling them would only blur: set "
+                     f"--config.data.resolution={native} (or smaller, to train downsampled).")
   return source
 
 

@@ -1,0 +1,99 @@
+"""Tiny random stand-ins for catalogue TFDS datasets, written as real array_record files.
+
+`prepare_fake('cifar10', data_dir)` writes a few random examples under the catalogue's own name,
+version and features, so that `tfds.builder('cifar10', data_dir=data_dir)` finds a prepared
+dataset and the pipeline reads it exactly as it reads the real one (array_record files, images
+encoded and decoded through `tfds.features.Image`). For smoke runs and tests on machines without
+the data; no TensorFlow and no network needed. (`tfds.testing.mock_data` does not serve here: in
+tfds 4.9 its mocked data source breaks the batched `__getitems__` read the pipeline uses.)
+
+Usage: python -m cm_jax.data.fake cifar10 /tmp/fake_tfds [--num_examples=64]
+       then train with --config.data.data_dir=/tmp/fake_tfds
+"""
+import argparse
+import io
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+# The splits each catalogue dataset has; the fake writes the same ones.
+SPLITS = {
+    "cifar10": ("train", "test"),
+    "imagenet_resized/64x64": ("train", "validation"),
+    "lsun/bedroom": ("train", "validation"),
+    "lsun/cat": ("train", "validation"),
+}
+FAKE_NOTE = "FAKE random data written by cm_jax.data.fake: not the real dataset."
+
+
+def _random_example(features: tfds.features.FeaturesDict, rng: np.random.Generator, key: int):
+  example = {}
+  for name, feature in features.items():
+    if isinstance(feature, tfds.features.Image):
+      h, w, c = feature.shape
+      if h is None or w is None:  # variable-size JPEGs (LSUN): landscape and portrait
+        h, w = (int(v) for v in rng.integers(24, 49, 2))
+      pixels = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+      fmt = feature.encoding_format or "png"
+      buffer = io.BytesIO()
+      Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(
+          buffer, format="JPEG" if fmt == "jpeg" else fmt.upper())
+      example[name] = buffer.getvalue()  # encoded bytes: no TensorFlow encoder involved
+    elif isinstance(feature, tfds.features.ClassLabel):
+      example[name] = int(rng.integers(0, feature.num_classes))
+    elif isinstance(feature, tfds.features.Text):
+      example[name] = f"fake_{key:06d}"
+    else:
+      raise NotImplementedError(f"No fake values for feature {name!r} ({feature}).")
+  return example
+
+
+def prepare_fake(name: str, data_dir: str, num_examples: int = 64, seed: int = 0) -> None:
+  """Writes `num_examples` random examples per split of catalogue dataset `name` into data_dir.
+
+  Refuses a data_dir that already holds the dataset (real or fake), so it never overwrites one.
+  """
+  if name not in SPLITS:
+    raise ValueError(f"No fake for {name!r}; choose one of {', '.join(SPLITS)}.")
+  real = tfds.builder(name, data_dir=data_dir)
+  if real.data_path.exists():
+    raise FileExistsError(f"{real.data_path} already exists: not writing fake data over it.")
+  features = real.info.features
+  base_cls = type(real)
+  splits = SPLITS[name]
+
+  class Fake(base_cls, skip_registration=True):  # pylint: disable=missing-class-docstring
+    name = base_cls.name
+
+    def _info(self):
+      # Built directly: catalogue `_info`s may read metadata files next to their own module.
+      return tfds.core.DatasetInfo(builder=self, description=FAKE_NOTE, features=features)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {s: self._generate_examples(s) for s in splits}
+
+    def _generate_examples(self, split):  # pylint: disable=arguments-differ
+      rng = np.random.default_rng([seed, splits.index(split)])
+      for i in range(num_examples):
+        yield i, _random_example(features, rng, i)
+
+  config = name.partition("/")[2] or None
+  builder = Fake(data_dir=data_dir, config=config, file_format="array_record")
+  builder.download_and_prepare(file_format="array_record")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("name", choices=sorted(SPLITS))
+  parser.add_argument("data_dir")
+  parser.add_argument("--num_examples", type=int, default=64)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  prepare_fake(args.name, args.data_dir, args.num_examples, args.seed)
+  print(f"Wrote fake {args.name} ({args.num_examples} examples per split) to {args.data_dir}.")
+
+
+if __name__ == "__main__":
+  main()
