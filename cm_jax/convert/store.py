@@ -1,0 +1,68 @@
+"""Converted weights on disk: DIR/params.msgpack (flax.serialization) + DIR/meta.json.
+
+The meta names what the checkpoint holds (`kind`), so handing the Inception directory to LPIPS
+(or the reverse) is a clear error, not a shape mismatch deep inside a network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import flax.serialization
+import jax
+import numpy as np
+
+PARAMS_FILE = "params.msgpack"
+META_FILE = "meta.json"
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def save(dst: str, params: Any, meta: dict) -> None:
+  os.makedirs(dst, exist_ok=True)
+  params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+  _atomic_write(os.path.join(dst, PARAMS_FILE), flax.serialization.msgpack_serialize(params))
+  _atomic_write(os.path.join(dst, META_FILE), json.dumps(meta, indent=2).encode())
+
+
+def load(path: str, kind: str, template: Any, command: str) -> tuple[Any, dict]:
+  """(params shaped as `template`, meta) from a directory written by `save`.
+
+  command: the converter command that makes such a directory, quoted in every error.
+  """
+  params_path, meta_path = os.path.join(path, PARAMS_FILE), os.path.join(path, META_FILE)
+  if not os.path.isfile(params_path) or not os.path.isfile(meta_path):
+    raise FileNotFoundError(
+        f"No converted {kind} weights in {path!r} (expected {PARAMS_FILE} and {META_FILE}). "
+        f"Convert them once with: {command}")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if meta.get("kind") != kind:
+    raise ValueError(f"{path!r} holds {meta.get('kind')!r} weights, not {kind!r}. Convert the "
+                     f"right file with: {command}")
+  with open(params_path, "rb") as f:
+    raw = flax.serialization.msgpack_restore(f.read())
+  flat_raw = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(raw)}
+  flat_want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(template)}
+  if set(flat_raw) != set(flat_want):
+    missing, extra = sorted(set(flat_want) - set(flat_raw)), sorted(set(flat_raw) - set(flat_want))
+    raise ValueError(f"{params_path} does not match the {kind} network (missing {missing[:5]}, "
+                     f"unexpected {extra[:5]}). Re-convert with: {command}")
+  for k, want in flat_want.items():
+    if tuple(np.shape(flat_raw[k])) != tuple(want.shape):
+      raise ValueError(f"{params_path}: {k} has shape {np.shape(flat_raw[k])}, the network needs "
+                       f"{tuple(want.shape)}. Re-convert with: {command}")
+  params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), raw)
+  return params, meta
