@@ -22,7 +22,7 @@ SPLITS = {
     "cifar10": ("train", "test"),
     "imagenet_resized/64x64": ("train", "validation"),
     "lsun/bedroom": ("train", "validation"),
-    "lsun/cat": ("train", "validation"),
+    "lsun/cat": ("train",),  # LSUN's object categories ship no validation split
 }
 FAKE_NOTE = "FAKE random data written by cm_jax.data.fake: not the real dataset."
 

@@ -1,0 +1,65 @@
+"""CIFAR-10 32x32 (TFDS `cifar10`): CM Table 3's CIFAR-10 columns, the EDM teacher, iCT.
+
+Usage: --config=configs/cifar10.py:method=edm                       the teacher (SPEC §11)
+       --config=configs/cifar10.py:method=cd --config.teacher=EDM    CD, LPIPS (Table 3)
+       --config=configs/cifar10.py:method=ct                         CT, LPIPS (Table 3)
+       --config=configs/cifar10.py:method=ict | method=ict_deep       iCT / iCT-deep (SPEC §5)
+       add ,variant=release for the JAX release's launch settings (cd, ct), ,runlocal to shrink.
+
+Network: NCSN++ (SPEC §12), Fourier embedding scale 16 (CM) or 0.02 (iCT). Unconditional.
+Optimizer: RAdam as the paper says (the release's CD/CT configs use RAdam too; EDM uses Adam).
+"""
+import ml_collections
+
+from configs import base
+from configs import paper
+
+FILE = "configs/cifar10.py"
+METHODS = {"edm": ("paper",), "cd": ("paper", "release"), "ct": ("paper", "release"),
+           "ict": ("paper",), "ict_deep": ("paper",)}
+
+ROWS = {
+    # CM Table 3, CIFAR-10 CD / CT: RAdam 4e-4, batch 512, 800k steps, EMA 0.9999, no warm-up.
+    # CD: Heun teacher over N = 18, target mu = 0; 2-step ts 0,11,17 of 18 (SPEC §8).
+    "cd": paper.Row(learning_rate=4e-4, batch_size=512, steps=800_000, ema_rate=0.9999,
+                    num_levels=18, target_decay=0.0, two_step_sigma=paper.ts_sigma(11, 18)),
+    # CT: s0 = 2, s1 = 150, mu0 = 0.9. (No released 2-step level: iCT's 0.821.)
+    "ct": paper.Row(learning_rate=4e-4, batch_size=512, steps=800_000, ema_rate=0.9999,
+                    s0=2, s1=150, mu0=0.9),
+    # iCT (SPEC §5): RAdam 1e-4, batch 1024, 400k steps, EMA 0.99993, dropout 0.3; 2 steps via 0.821.
+    "ict": paper.Row(learning_rate=1e-4, batch_size=1024, steps=400_000, ema_rate=0.99993,
+                     dropout=0.3, distance="pseudo_huber", two_step_sigma=0.821),
+    # The EDM teacher (SPEC §11): Adam 1e-3, batch 512, 400k steps, dropout 0.13, EMA half-life
+    # 0.5M images; the learning rate ramps up over 10M images (EDM paper and the JAX release);
+    # sampled with Heun over 18 levels (35 evaluations).
+    "edm": paper.Row(learning_rate=1e-3, batch_size=512, steps=400_000, optimizer="adam",
+                     ema_rate=paper.ema_from_half_life(0.5e6, 512), dropout=0.13,
+                     warmup_images=1e7, num_levels=18),
+}
+ROWS["ict_deep"] = ROWS["ict"]
+
+# The JAX release (openai/consistency_models_cifar10 configs cifar10_ve_cd.py,
+# cifar10_ve_ct_adaptive.py): a 10M-image warm-up for both, CT at lr 2e-4 and the release's
+# mu(k) = exp(s0 ln mu0 / (N(k) - 1)) (SPEC §3).
+WARMUP_10M = paper.steps_for_images(1e7, 512)
+RELEASE = {
+    "cd": {"optim.warmup_steps": WARMUP_10M},
+    "ct": {"optim.warmup_steps": WARMUP_10M, "optim.learning_rate": 2e-4,
+           "consistency.ema_schedule": "release"},
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = paper.parse(arg, file=FILE, methods=METHODS)
+  c = base.get_base_config()
+  paper.dataset(c, "cifar10", resolution=32, num_classes=10)
+  is_ict = args.method in ("ict", "ict_deep")
+  # iCT-deep doubles the depth: 8 residual blocks per level instead of 4.
+  paper.ncsnpp(c, fourier_scale=0.02 if is_ict else 16.0,
+               num_res_blocks=8 if args.method == "ict_deep" else 4)
+  paper.apply_row(c, args.method, ROWS[args.method])
+  if args.variant == "release":
+    paper.apply_overrides(c, RELEASE[args.method])
+  if args.runlocal:
+    paper.runlocal(c, resolution=16)
+  return c

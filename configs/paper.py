@@ -1,0 +1,180 @@
+"""What the paper configs (configs/cifar10.py, imagenet64.py, lsun256.py) share.
+
+Each dataset file holds its own numbers (its columns of CM Table 3, SPEC §11, the release's
+differing launch settings, its network) and builds its config from `configs/base.py` with the
+helpers here: the argument parser, the CM/iCT/EDM recipes, the two paper networks and the
+`runlocal` shrink. Nothing is copied between the dataset files.
+
+Defaults follow the papers (SPEC: "default to the paper"); `variant=release` applies the PyTorch /
+JAX releases' launch settings where they differ, named in each dataset file's `RELEASE`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+
+from configs import base
+
+VARIANTS = ("paper", "release")
+SIGMA_MAX, SIGMA_MIN, RHO = 80.0, 0.002, 7.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  method: str
+  variant: str
+  runlocal: bool
+  extra: dict[str, str]
+
+
+def parse(arg: str | None, *, file: str, methods: dict[str, tuple[str, ...]],
+          extra: dict[str, tuple[str, ...]] | None = None) -> Args:
+  """Parses 'method=X[,variant=Y][,KEY=V][,runlocal]'.
+
+  methods: method -> the variants it has (first = default). extra: other keys -> allowed values
+  (first = default). Anything else is an error that lists what is valid.
+  """
+  method, runlocal, rest = base.parse_args(arg)
+  extra = dict(extra or {})
+  usage = (f"{file}:method={'|'.join(methods)}[,variant={'|'.join(VARIANTS)}]"
+           + "".join(f"[,{k}={'|'.join(v)}]" for k, v in extra.items()) + "[,runlocal]")
+  if method is None:
+    raise ValueError(f"{file} needs a method: --config={usage}.")
+  if method not in methods:
+    raise ValueError(f"Unknown method {method!r} for {file}; choose one of "
+                     f"{', '.join(methods)} (--config={usage}).")
+  variant = rest.pop("variant", methods[method][0])
+  if variant not in methods[method]:
+    raise ValueError(f"{file}:method={method} has variant {' | '.join(methods[method])}, not "
+                     f"{variant!r} (--config={usage}).")
+  values = {}
+  for key, allowed in extra.items():
+    values[key] = rest.pop(key, allowed[0])
+    if values[key] not in allowed:
+      raise ValueError(f"{file}: {key}={values[key]!r} is not one of {', '.join(allowed)} "
+                       f"(--config={usage}).")
+  if rest:
+    raise ValueError(f"{file} does not take {', '.join(sorted(rest))}; it takes method, variant"
+                     + "".join(f", {k}" for k in extra) + f" and runlocal: --config={usage}.")
+  return Args(method=method, variant=variant, runlocal=runlocal, extra=values)
+
+
+def ts_sigma(index: int, steps: int) -> float:
+  """The level of a release `ts` index into a descending Karras grid of `steps` levels (SPEC §8)."""
+  hi, lo = SIGMA_MAX ** (1 / RHO), SIGMA_MIN ** (1 / RHO)
+  return (hi + index / (steps - 1) * (lo - hi)) ** RHO
+
+
+def ema_from_half_life(half_life_images: float, batch_size: int) -> float:
+  """The per-step EMA decay whose weights halve every `half_life_images` training images."""
+  return math.exp(math.log(0.5) / (half_life_images / batch_size))
+
+
+def steps_for_images(images: float, batch_size: int) -> int:
+  return int(images // batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One column of CM Table 3 (or an iCT / EDM recipe): what a method run sets."""
+  learning_rate: float
+  batch_size: int
+  steps: int
+  ema_rate: float
+  optimizer: str = "radam"
+  bfloat16: bool = False            # the paper's fp16; bfloat16 is the JAX-native half type
+  dropout: float = 0.0
+  warmup_images: float = 0.0        # linear learning-rate warm-up over this many images
+  # CT: the curriculum and the target EMA mu(k); CD: the fixed grid N, solver and target mu.
+  s0: int = 2
+  s1: int = 150
+  mu0: float = 0.9
+  num_levels: int = 18
+  target_decay: float = 0.0
+  distance: str = "lpips"
+  two_step_sigma: float = 0.821     # the intermediate level of 2-step sampling
+
+
+def apply_row(c: ml_collections.ConfigDict, method: str, row: Row) -> None:
+  """Sets the optimizer, batch, schedule and method block of `c` from `row`."""
+  c.optim.update(dict(name=row.optimizer, learning_rate=row.learning_rate, warmup_steps=
+                      steps_for_images(row.warmup_images, row.batch_size), grad_clip=0.0))
+  c.train.update(dict(batch_size=row.batch_size, num_steps=row.steps))
+  c.ema_rate = row.ema_rate
+  c.model.dropout = row.dropout
+  c.model.dtype = "bfloat16" if row.bfloat16 else "float32"
+  c.sample.two_step_sigma = row.two_step_sigma
+  if method == "ct":
+    c.consistency.update(dict(distance=row.distance, s0=row.s0, s1=row.s1, mu0=row.mu0,
+                              ema_schedule="paper"))
+  elif method == "cd":
+    c.consistency.distance = row.distance
+    c.distill.update(dict(num_levels=row.num_levels, solver="heun",
+                          target_decay=row.target_decay))
+  elif method in ("ict", "ict_deep"):
+    # SPEC §5: teacher = stopgrad(theta), pseudo-Huber, log-normal pairs, N doubling 11 -> 1281.
+    c.consistency.update(dict(distance="pseudo_huber", s0=10, s1=1280, p_mean=-1.1, p_std=2.0))
+  elif method == "edm":
+    c.edm.update(dict(p_mean=-1.2, p_std=1.2))
+    c.sample.update(dict(edm_levels=row.num_levels, edm_solver="heun"))
+  else:
+    raise ValueError(f"No paper recipe for method {method!r}.")
+  # The library knows ict_deep as ict with a deeper network (set by the dataset file).
+  c.method = "ict" if method == "ict_deep" else method
+
+
+def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> None:
+  """Flattened `{'optim.learning_rate': 1e-4, ...}` onto `c` (unknown keys are errors)."""
+  c.update_from_flattened_dict(dict(overrides))
+
+
+def ncsnpp(c: ml_collections.ConfigDict, *, fourier_scale: float, num_res_blocks: int = 4) -> None:
+  """NCSN++ as CM / iCT train it on CIFAR-10 (SPEC §12): nf 128, ch_mult (2, 2, 2), attention at
+  16x16 (and in the 8x8 middle), Fourier time embedding."""
+  c.model.update(dict(name="ncsnpp", channels=128, channel_mult=(2, 2, 2),
+                      num_res_blocks=num_res_blocks, attn_resolutions=(16,), patch_size=1,
+                      fourier_scale=fourier_scale, emb_dim=512, class_conditional=False))
+
+
+def adm(c: ml_collections.ConfigDict, *, channels: int, channel_mult: tuple[int, ...],
+        num_res_blocks: int, use_scale_shift_norm: bool, class_conditional: bool) -> None:
+  """The ADM UNet of the PyTorch release (SPEC §12): attention at 32/16/8 px, 64 channels per
+  head, resampling inside residual blocks."""
+  c.model.update(dict(name="adm", channels=channels, channel_mult=channel_mult,
+                      num_res_blocks=num_res_blocks, attn_resolutions=(32, 16, 8), patch_size=1,
+                      num_head_channels=64, use_scale_shift_norm=use_scale_shift_norm,
+                      resblock_updown=True, emb_dim=4 * channels,
+                      class_conditional=class_conditional))
+
+
+def dataset(c: ml_collections.ConfigDict, name: str, resolution: int, num_classes: int) -> None:
+  c.data.update(dict(name=name, resolution=resolution, channels=3, num_classes=num_classes,
+                     random_flip=True))
+
+
+def runlocal(c: ml_collections.ConfigDict, resolution: int) -> None:
+  """Shrinks a paper config to a CPU smoke run of a few seconds a step.
+
+  Same method, recipe switches, network family, dtype and dataset; a two-level network a few
+  channels wide at `resolution`, batch 8, 4 steps. LPIPS becomes l2: a smoke run has no converted
+  VGG16/LPIPS weights. The data must still be prepared: for a machine without the dataset,
+  `python -m cm_jax.data.fake NAME DIR` writes a small random stand-in
+  (then --config.data.data_dir=DIR).
+  """
+  c.data.resolution = resolution
+  if c.model.name == "adm":  # GroupNorm(32) needs widths that are multiples of 32
+    c.model.update(dict(channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                        attn_resolutions=(resolution // 2,), num_head_channels=32, emb_dim=128))
+  else:
+    c.model.update(dict(channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                        attn_resolutions=(resolution // 2,), emb_dim=64))
+  if c.consistency.distance == "lpips":
+    c.consistency.distance = "l2"
+  c.optim.warmup_steps = min(int(c.optim.warmup_steps), 2)
+  c.sample.edm_levels = min(int(c.sample.edm_levels), 4)
+  c.train.update(dict(batch_size=8, num_steps=4, log_every=2, save_every=2, sample_every=4,
+                      num_grid_samples=8))
+  c.eval.num_samples = 8
+  c.data.num_workers = 0
