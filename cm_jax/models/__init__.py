@@ -1,4 +1,14 @@
-"""The model factory: every network is `apply(params, x_in, c_noise, labels, train, rng) -> F`."""
+"""The model factory: every network is `apply(params, x_in, c_noise, labels, train, rng) -> F`.
+
+Networks (config.model.name):
+  tiny    the digits default: a patchify stem, then a small UNet (attn_resolutions in units of
+          the working grid after the stem)
+  ncsnpp  NCSN++, the CIFAR-10 network of CM / iCT (attn_resolutions in pixels)
+  adm     the ADM UNet of guided-diffusion, ImageNet 64 / LSUN 256 (attn_resolutions in pixels)
+
+`model.dtype` picks the compute dtype (float32 | bfloat16); parameters are float32 either way, so
+the optimizer state and the EMAs are float32, and F is returned as float32.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,22 +17,56 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cm_jax.models import tiny
+from cm_jax.models import layers, ncsnpp, tiny, unet
 
-NAMES = ("tiny",)
+NAMES = ("tiny", "ncsnpp", "adm")
+
+
+def _check_common(mc, data_config) -> None:
+  if len(tuple(mc.channel_mult)) < 1 or int(mc.num_res_blocks) < 1 or int(mc.channels) < 1:
+    raise ValueError("model.channels, model.channel_mult and model.num_res_blocks must be "
+                     "positive (at least one level of at least one block).")
+  if mc.class_conditional and int(data_config.num_classes) < 1:
+    raise ValueError(f"model.class_conditional=True but data {data_config.name!r} has no labels "
+                     "(data.num_classes=0); set model.class_conditional=False.")
+  if not 0.0 <= float(mc.dropout) < 1.0:
+    raise ValueError(f"model.dropout must lie in [0, 1), got {mc.dropout}.")
 
 
 def create_model(model_config, data_config) -> nn.Module:
   mc = model_config
+  if mc.name not in NAMES:
+    raise ValueError(f"Unknown model {mc.name!r}; this version has {', '.join(NAMES)}.")
+  _check_common(mc, data_config)
+  dtype = layers.compute_dtype(str(mc.get("dtype", "float32")))
   num_classes = int(data_config.num_classes) if mc.class_conditional else 0
+  out_channels = int(data_config.channels)
   if mc.name == "tiny":
     return tiny.TinyUNet(
-        out_channels=int(data_config.channels), channels=int(mc.channels),
+        out_channels=out_channels, channels=int(mc.channels),
         channel_mult=tuple(mc.channel_mult), num_res_blocks=int(mc.num_res_blocks),
         patch_size=int(mc.patch_size), attn_resolutions=tuple(mc.attn_resolutions),
         dropout=float(mc.dropout), fourier_scale=float(mc.fourier_scale),
-        emb_dim=int(mc.emb_dim), num_classes=num_classes)
-  raise ValueError(f"Unknown model {mc.name!r}; this version has {', '.join(NAMES)}.")
+        emb_dim=int(mc.emb_dim), num_classes=num_classes,
+        dtype=None if dtype == jnp.float32 else dtype)
+  common = dict(out_channels=out_channels, channels=int(mc.channels),
+                channel_mult=tuple(int(m) for m in mc.channel_mult),
+                num_res_blocks=int(mc.num_res_blocks),
+                attn_resolutions=tuple(int(r) for r in mc.attn_resolutions),
+                dropout=float(mc.dropout), num_classes=num_classes, dtype=dtype)
+  size = int(data_config.resolution)
+  ncsnpp.check_resolutions(mc.name, (size, size), len(common["channel_mult"]),
+                           common["attn_resolutions"])
+  if mc.name == "ncsnpp":
+    return ncsnpp.NCSNpp(fourier_scale=float(mc.fourier_scale), **common)
+  head = int(mc.num_head_channels)
+  widths = sorted({int(mc.channels) * m for m in common["channel_mult"]})
+  if head < 1 or any(w % head for w in widths):
+    raise ValueError(f"model.num_head_channels={head} must divide every level's width "
+                     f"{widths}.")
+  return unet.ADMUNet(num_head_channels=head,
+                      use_scale_shift_norm=bool(mc.use_scale_shift_norm),
+                      resblock_updown=bool(mc.resblock_updown), **common)
 
 
 def sample_shape(data_config) -> tuple[int, int, int]:
@@ -36,9 +80,14 @@ def init_params(module: nn.Module, rng, data_config):
   return module.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False)["params"]
 
 
+def num_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
 def make_net(module: nn.Module) -> Callable:
-  """Binds a Flax module into the pure network function the methods call."""
+  """Binds a Flax module into the pure network function the methods call (F in float32)."""
   def net(params, x_in, noise, labels, train: bool, rng):
     rngs = {"dropout": rng} if (train and rng is not None) else {}
-    return module.apply({"params": params}, x_in, noise, labels, train=train, rngs=rngs)
+    out = module.apply({"params": params}, x_in, noise, labels, train=train, rngs=rngs)
+    return out.astype(jnp.float32)
   return net

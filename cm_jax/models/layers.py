@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,40 +24,198 @@ class GaussianFourierEmbedding(nn.Module):
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-  """GroupNorm(min(C/4, 32)) as NCSN++ does; fewer groups where that does not divide C."""
+def group_norm(channels: int, dtype=None) -> nn.GroupNorm:
+  """GroupNorm(min(C/4, 32)) as NCSN++ does; fewer groups where that does not divide C.
+
+  Statistics are reduced in float32 whatever `dtype` (the output dtype) is."""
   groups = max(1, min(channels // 4, 32))
   while channels % groups:
     groups -= 1
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6)
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32)
 
 
 class ResBlock(nn.Module):
   """Pre-norm residual block with an additive time/class embedding and dropout."""
   channels: int
   dropout: float
+  dtype: Any = None   # compute dtype (None: that of the inputs); parameters are float32
 
   @nn.compact
   def __call__(self, x, emb, train: bool):  # x [B, H, W, Cin], emb [B, E]
-    h = nn.swish(group_norm(x.shape[-1])(x))
-    h = nn.Conv(self.channels, (3, 3))(h)
-    h = h + nn.Dense(self.channels)(nn.swish(emb))[:, None, None, :]
-    h = nn.swish(group_norm(self.channels)(h))
+    dt = self.dtype
+    h = nn.swish(group_norm(x.shape[-1], dt)(x))
+    h = nn.Conv(self.channels, (3, 3), dtype=dt)(h)
+    h = h + nn.Dense(self.channels, dtype=dt)(nn.swish(emb))[:, None, None, :]
+    h = nn.swish(group_norm(self.channels, dt)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
+    h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=dt)(h)
     if x.shape[-1] != self.channels:
-      x = nn.Conv(self.channels, (1, 1))(x)
+      x = nn.Conv(self.channels, (1, 1), dtype=dt)(x)
     return (x + h) / math.sqrt(2.0)  # skip_rescale keeps activations O(1) through depth
 
 
 class SelfAttention(nn.Module):
   """Single-head spatial self-attention with a residual; jax.nn.dot_product_attention lets GPUs
   use a fused kernel and stays differentiable in forward mode (sCM's JVP)."""
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):  # [B, H, W, C]
     b, h, w, c = x.shape
-    qkv = nn.Dense(3 * c)(group_norm(c)(x)).reshape(b, h * w, 3, 1, c)
+    qkv = nn.Dense(3 * c, dtype=self.dtype)(group_norm(c, self.dtype)(x)).reshape(b, h * w, 3, 1, c)
     out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-    out = nn.Dense(c, kernel_init=nn.initializers.zeros)(out.reshape(b, h, w, c))
+    out = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype)(out.reshape(b, h, w, c))
     return (x + out) / math.sqrt(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the paper networks (NCSN++, ADM). Every module takes `dtype` (the compute dtype);
+# parameters are always float32, so the optimizer state and EMAs stay float32 under bfloat16.
+# ---------------------------------------------------------------------------------------------
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """'float32' | 'bfloat16' -> the jnp dtype; anything else is a clear error."""
+  if name not in DTYPES:
+    raise ValueError(f"Unknown model.dtype {name!r}; choose one of {', '.join(DTYPES)} "
+                     "(parameters, optimizer state and EMA stay float32 either way).")
+  return DTYPES[name]
+
+
+def fan_avg_uniform(scale: float = 1.0):
+  """DDPM's initialiser (variance scaling, fan_avg, uniform); scale 0 gives zeros."""
+  if scale == 0.0:
+    return nn.initializers.zeros
+  return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def conv(features: int, kernel: int = 3, *, dtype, init_scale: float = 1.0, stride: int = 1,
+         padding="SAME", name=None) -> nn.Conv:
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                 kernel_init=fan_avg_uniform(init_scale), dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+def dense(features: int, *, dtype, init_scale: float = 1.0, name=None) -> nn.Dense:
+  return nn.Dense(features, kernel_init=fan_avg_uniform(init_scale), dtype=dtype,
+                  param_dtype=jnp.float32, name=name)
+
+
+def norm(channels: int, *, groups: int | None = None, epsilon: float = 1e-6, dtype) -> nn.GroupNorm:
+  """GroupNorm with statistics in float32 (Flax reduces in >= float32), output in `dtype`.
+
+  groups=None: NCSN++'s min(C/4, 32), which must divide C.
+  """
+  g = groups if groups is not None else min(channels // 4, 32)
+  if g < 1 or channels % g:
+    raise ValueError(f"GroupNorm: {g} groups do not divide {channels} channels; use channel "
+                     "counts that are multiples of 32 (or of 4 below 128).")
+  return nn.GroupNorm(num_groups=g, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32)
+
+
+# FIR resampling with the separable kernel [1, 3, 3, 1] (StyleGAN2's upfirdn2d, which NCSN++
+# uses), written as strided slices, pads and weighted sums instead of a depthwise convolution:
+# XLA fuses them into a few cheap elementwise loops on CPU and GPU alike, and their gradients
+# are the same kind of ops. Zero padding outside the image, exactly as upfirdn2d with the
+# paddings of `downsample_2d` / `upsample_2d` / `conv_downsample_2d`.
+
+def _shift(x, axis: int, offset: int):
+  """y[i] = x[i + offset] along `axis`, zero where i + offset is outside."""
+  n = x.shape[axis]
+  pad = [(0, 0)] * x.ndim
+  if offset > 0:
+    pad[axis] = (0, offset)
+    return jax.lax.slice_in_dim(jnp.pad(x, pad), offset, offset + n, axis=axis)
+  pad[axis] = (-offset, 0)
+  return jax.lax.slice_in_dim(jnp.pad(x, pad), 0, n, axis=axis)
+
+
+def _fir_down_axis(x, axis: int):
+  """out[i] = (x[2i-1] + 3 x[2i] + 3 x[2i+1] + x[2i+2]) / 8 along `axis` (length halves)."""
+  even = jax.lax.slice_in_dim(x, 0, None, stride=2, axis=axis)
+  odd = jax.lax.slice_in_dim(x, 1, None, stride=2, axis=axis)
+  return (_shift(odd, axis, -1) + 3 * (even + odd) + _shift(even, axis, 1)) * 0.125
+
+
+def _fir_up_axis(x, axis: int):
+  """out[2i] = (x[i-1] + 3 x[i]) / 4, out[2i+1] = (3 x[i] + x[i+1]) / 4 (length doubles)."""
+  even = (_shift(x, axis, -1) + 3 * x) * 0.25
+  odd = (3 * x + _shift(x, axis, 1)) * 0.25
+  out = jnp.stack([even, odd], axis=axis + 1)
+  shape = list(x.shape)
+  shape[axis] *= 2
+  return out.reshape(shape)
+
+
+def fir_downsample(x):
+  """[B, H, W, C] -> [B, H/2, W/2, C]: FIR [1,3,3,1] low-pass, then every second pixel."""
+  return _fir_down_axis(_fir_down_axis(x, 1), 2)
+
+
+def fir_upsample(x):
+  """[B, H, W, C] -> [B, 2H, 2W, C]: zero insertion, then FIR [1,3,3,1] (gain 4)."""
+  return _fir_up_axis(_fir_up_axis(x, 1), 2)
+
+
+def _fir_blur_axis(x, axis: int):
+  """Pad 2 zeros on each side, then the valid 4-tap filter [1,3,3,1]/8: length n -> n + 1."""
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (2, 2)
+  xp = jnp.pad(x, pad)
+  n = x.shape[axis] + 1
+  tap = lambda k: jax.lax.slice_in_dim(xp, k, k + n, axis=axis)
+  return (tap(0) + tap(3) + 3 * (tap(1) + tap(2))) * 0.125
+
+
+class FIRConvDown(nn.Module):
+  """StyleGAN2's fused `conv_downsample_2d` (kernel 3): FIR blur, then a stride-2 3x3 conv."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [B, H, W, Cin] -> [B, H/2, W/2, features]
+    x = _fir_blur_axis(_fir_blur_axis(x, 1), 2)
+    return conv(self.features, 3, stride=2, padding="VALID", dtype=self.dtype)(x)
+
+
+class MultiHeadAttention(nn.Module):
+  """Spatial self-attention with a residual, through jax.nn.dot_product_attention.
+
+  heads of `head_channels` each (0 = one head over all channels). `qkv_layout`: 'split' puts
+  q, k, v in consecutive C-wide blocks (NCSN++'s three NIN layers); 'heads' groups the 3C
+  channels per head as [head, (q, k, v), ch] (ADM's legacy QKV order), so converted weights line
+  up. Logits and softmax run in float32 (jax.nn.dot_product_attention does so for bf16 inputs).
+  The XLA implementation is differentiable in both modes, so sCM's jax.jvp passes through.
+  """
+  head_channels: int = 0
+  skip_rescale: bool = False
+  qkv_layout: str = "split"
+  groups: int | None = None
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  implementation: str | None = None   # jax.nn.dot_product_attention's; None = XLA
+
+  @nn.compact
+  def __call__(self, x):  # [B, H, W, C]
+    b, h, w, c = x.shape
+    if self.head_channels:
+      if c % self.head_channels:
+        raise ValueError(f"Attention over {c} channels does not split into heads of "
+                         f"{self.head_channels}; change model.num_head_channels.")
+      heads = c // self.head_channels
+    else:
+      heads = 1
+    ch = c // heads
+    y = norm(c, groups=self.groups, epsilon=self.epsilon, dtype=self.dtype)(x)
+    qkv = dense(3 * c, dtype=self.dtype, name="qkv")(y.reshape(b, h * w, c))
+    if self.qkv_layout == "heads":
+      qkv = qkv.reshape(b, h * w, heads, 3, ch)
+      q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+    else:
+      q, k, v = (t.reshape(b, h * w, heads, ch) for t in jnp.split(qkv, 3, axis=-1))
+    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    out = dense(c, dtype=self.dtype, init_scale=0.0, name="proj_out")(out.reshape(b, h * w, c))
+    out = x + out.reshape(b, h, w, c).astype(x.dtype)
+    return out / math.sqrt(2.0) if self.skip_rescale else out

@@ -5,7 +5,7 @@ than a full-resolution UNet or an MLP).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ class TinyUNet(nn.Module):
   fourier_scale: float = 16.0
   emb_dim: int = 256
   num_classes: int = 0   # > 0: class-conditional through a learned label embedding
+  dtype: Any = None      # compute dtype (None = float32); parameters are always float32
 
   @nn.compact
   def __call__(self, x, noise, labels: Optional[jnp.ndarray] = None, train: bool = False):
@@ -33,45 +34,49 @@ class TinyUNet(nn.Module):
     if height % p or width % p:
       raise ValueError(f"Image size {height}x{width} is not divisible by patch_size {p}.")
     emb = layers.GaussianFourierEmbedding(self.emb_dim, self.fourier_scale)(noise)
+    dt = self.dtype
     emb = nn.Dense(self.emb_dim)(emb)
     emb = nn.Dense(self.emb_dim)(nn.swish(emb))
     if self.num_classes:
       if labels is None:
         raise ValueError("This model is class-conditional: pass labels.")
       emb = emb + nn.Embed(self.num_classes, self.emb_dim)(labels)
+    if dt is not None:
+      x, emb = x.astype(dt), emb.astype(dt)
 
     # [B, H, W, C] -> [B, H/p, W/p, p*p*C]
     h = x.reshape(b, height // p, p, width // p, p, -1).transpose(0, 1, 3, 2, 4, 5)
     h = h.reshape(b, height // p, width // p, -1)
-    h = nn.Conv(self.channels, (3, 3))(h)
+    h = nn.Conv(self.channels, (3, 3), dtype=dt)(h)
 
     skips = [h]
     for level, mult in enumerate(self.channel_mult):
       for _ in range(self.num_res_blocks):
-        h = layers.ResBlock(self.channels * mult, self.dropout)(h, emb, train)
+        h = layers.ResBlock(self.channels * mult, self.dropout, dt)(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = layers.SelfAttention()(h)
+          h = layers.SelfAttention(dt)(h)
         skips.append(h)
       if level != len(self.channel_mult) - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
+        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=dt)(h)
         skips.append(h)
 
-    h = layers.ResBlock(h.shape[-1], self.dropout)(h, emb, train)
-    h = layers.SelfAttention()(h)
-    h = layers.ResBlock(h.shape[-1], self.dropout)(h, emb, train)
+    h = layers.ResBlock(h.shape[-1], self.dropout, dt)(h, emb, train)
+    h = layers.SelfAttention(dt)(h)
+    h = layers.ResBlock(h.shape[-1], self.dropout, dt)(h, emb, train)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = layers.ResBlock(self.channels * mult, self.dropout)(h, emb, train)
+        h = layers.ResBlock(self.channels * mult, self.dropout, dt)(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = layers.SelfAttention()(h)
+          h = layers.SelfAttention(dt)(h)
       if level != 0:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = nn.Conv(h.shape[-1], (3, 3))(h)
+        h = nn.Conv(h.shape[-1], (3, 3), dtype=dt)(h)
 
-    h = nn.swish(layers.group_norm(h.shape[-1])(h))
-    h = nn.Conv(p * p * self.out_channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
+    h = nn.swish(layers.group_norm(h.shape[-1], dt)(h))
+    h = nn.Conv(p * p * self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=dt)(h)
+    h = h.astype(jnp.float32)
     # [B, H/p, W/p, p*p*C] -> [B, H, W, C]
     h = h.reshape(b, height // p, width // p, p, p, self.out_channels).transpose(0, 1, 3, 2, 4, 5)
     return h.reshape(b, height, width, self.out_channels)
