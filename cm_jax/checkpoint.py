@@ -3,11 +3,19 @@
 A checkpoint step holds two items: `state` (params, EMA, target, optimizer, step, RNG) and `meta`
 (JSON: the step, which is also the data position, and the method). The run's config lives in
 `WORKDIR/config.json`, written once, so a resume with another config is refused before any work.
+
+Every process of a multi-process run calls save and restore (Orbax writes each process's shards
+and coordinates the commit). A save in progress lives in `STEP.orbax-checkpoint-tmp-*` and is
+renamed to `STEP` only once complete, so a half-written checkpoint is never listed, never
+resumed. A finished checkpoint damaged later (a file truncated or deleted by hand) fails to
+restore: resume then warns, moves it aside to `corrupt-STEP-*` and takes the one before.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from typing import Any, Optional
 
 import jax
@@ -16,11 +24,15 @@ import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+CORRUPT_PREFIX = "corrupt-"
+
+log = logging.getLogger("cm_jax")
 
 # Keys that may differ on resume: they change when and how the run reports, not what it computes.
 RUNTIME_KEYS = (
     "train.log_every", "train.save_every", "train.keep_checkpoints", "train.sample_every",
     "train.num_grid_samples", "data.data_dir", "data.num_workers", "eval.",
+    "train.skip_nonfinite", "parallel.",  # the layout over devices, not the mathematics
 )
 
 
@@ -177,6 +189,48 @@ class Checkpointer:
           f"Could not restore step {step} from {self.directory}: {type(e).__name__}: {e}. "
           "The checkpoint is damaged or was written by another config.") from e
     return restored.state, restored.meta
+
+  def restore_latest_good(self, abstract_state):
+    """(state, meta) of the newest checkpoint that restores, or (None, None) when there is none.
+
+    A newer checkpoint that fails to restore while an older one succeeds is damaged: it is moved
+    aside (`corrupt-STEP-TIME`, kept for inspection) with a warning, so the run re-saves that step
+    and the next resume does not trip on it again. When even the oldest fails, the newest's error
+    is raised (more likely another config than damage) and nothing is moved.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      return None, None
+    failures = []
+    for step in steps:
+      try:
+        state, meta = self.restore(abstract_state, step)
+      except CheckpointError as e:
+        failures.append((step, e))
+        cause = e.__cause__ or e
+        first_line = (str(cause).strip().splitlines() or [""])[0][:200]
+        log.warning("Checkpoint step %d in %s does not restore (%s: %s); trying the one before.",
+                    step, self.directory, type(cause).__name__, first_line)
+        continue
+      if failures:
+        self._move_aside([s for s, _ in failures])
+        log.warning("Resumed from step %d instead of the damaged step(s) %s, moved aside in %s.",
+                    step, ", ".join(str(s) for s, _ in failures), self.directory)
+      return state, meta
+    raise failures[0][1]
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames damaged step directories out of Orbax's view (process 0; all processes sync)."""
+    if jax.process_index() == 0:
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        if os.path.isdir(src):
+          os.replace(src, os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}"))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("cm_jax_checkpoint_move_aside")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

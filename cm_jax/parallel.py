@@ -1,25 +1,131 @@
-"""Mesh, shardings and global arrays: data parallel over every device of every process."""
+"""Mesh, shardings, global arrays from per-process data, and distributed initialisation.
+
+Default: pure data parallel, a 1-D `data` mesh over every device of every process, the state
+replicated. `parallel.fsdp=K` adds an `fsdp` axis of K devices: each parameter, optimizer moment
+and EMA array is split along its largest K-divisible dimension over that axis (the batch is split
+over both axes), and jit's partitioner all-gathers weights where the step needs them.
+"""
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+
+log = logging.getLogger("cm_jax")
+
+# Set by launch/train.sh; the last three only for processes it starts itself (--num_processes).
+ENV_DISTRIBUTED = "CM_JAX_DISTRIBUTED"
+ENV_COORDINATOR = "CM_JAX_COORDINATOR"      # host:port of process 0
+ENV_NUM_PROCESSES = "CM_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "CM_JAX_PROCESS_ID"
+
+
+def distributed_args(environ=None) -> Optional[dict]:
+  """The jax.distributed.initialize keyword arguments the environment asks for.
+
+  None: single process (CM_JAX_DISTRIBUTED unset or 0). {}: let JAX discover the cluster (TPU pod,
+  SLURM, Open MPI). Explicit coordinator / process count / id: local multi-process runs.
+  """
+  env = os.environ if environ is None else environ
+  if env.get(ENV_DISTRIBUTED, "0") != "1":
+    return None
+  names = {ENV_COORDINATOR: "coordinator_address", ENV_NUM_PROCESSES: "num_processes",
+           ENV_PROCESS_ID: "process_id"}
+  given = {k: env[k] for k in names if env.get(k)}
+  if not given:
+    return {}
+  if len(given) != len(names):
+    missing = ", ".join(k for k in names if k not in given)
+    raise ValueError(f"{', '.join(given)} set but {missing} not: set all three (launch/train.sh "
+                     "--num_processes=K does) or none (to let JAX discover the cluster).")
+  try:
+    count, pid = int(given[ENV_NUM_PROCESSES]), int(given[ENV_PROCESS_ID])
+  except ValueError:
+    raise ValueError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers, got "
+                     f"{given[ENV_NUM_PROCESSES]!r} and {given[ENV_PROCESS_ID]!r}.") from None
+  if count < 1 or not 0 <= pid < count:
+    raise ValueError(f"{ENV_PROCESS_ID}={pid} must lie in [0, {ENV_NUM_PROCESSES}={count}).")
+  if ":" not in given[ENV_COORDINATOR]:
+    raise ValueError(f"{ENV_COORDINATOR} must be host:port, got {given[ENV_COORDINATOR]!r}.")
+  return {"coordinator_address": given[ENV_COORDINATOR], "num_processes": count,
+          "process_id": pid}
 
 
 def maybe_initialize_distributed() -> None:
-  """Starts jax.distributed only when a launcher asks for it (CM_JAX_DISTRIBUTED=1)."""
-  if os.environ.get("CM_JAX_DISTRIBUTED", "0") == "1":
-    jax.distributed.initialize()
+  """Starts jax.distributed only when a launcher asks for it (CM_JAX_DISTRIBUTED=1).
+
+  Must run before anything touches a JAX backend. CPU processes exchange collectives through gloo
+  (JAX's CPU client otherwise has no cross-process collectives). jax.distributed also starts the
+  preemption sync service: SIGTERM on any process makes every process stop at the same step (see
+  `reached_preemption_sync_point`).
+  """
+  kwargs = distributed_args()
+  if kwargs is None or jax.distributed.is_initialized():
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+  _orbax_barriers_through_coordinator()
+  log.info("jax.distributed: process %d of %d, %d local / %d global devices.",
+           jax.process_index(), jax.process_count(), jax.local_device_count(),
+           jax.device_count())
 
 
-def create_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over all devices; Auto axes so jit places collectives itself."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(-1), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+def _orbax_barriers_through_coordinator() -> None:
+  """Orbax's barriers through jax.distributed's coordination service (with a timeout) rather than
+  a collective: CPU (gloo) collectives give up after 30 s when processes arrive far apart, as
+  they do while one still compiles."""
+  import orbax.checkpoint  # noqa: F401  (defines the flag)
+  from absl import flags
+  if "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process gets here (a no-op for one process): through the coordination
+  service, so processes may arrive minutes apart (compiling), unlike a collective."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the public API has only collective-based barriers
+  client = distributed.global_state.client
+  if client is None:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+  else:
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def reached_preemption_sync_point(step: int) -> bool:
+  """True on every process at the same step once any process got SIGTERM (multi-process runs
+  only; a single process handles its signals itself and gets False here)."""
+  if jax.process_count() == 1:
+    return False
+  from jax.experimental import multihost_utils
+  return multihost_utils.reached_preemption_sync_point(step)
+
+
+def create_mesh(devices=None, fsdp: int = 1) -> Mesh:
+  """A 1-D `data` mesh over all devices, or (data, fsdp) when fsdp > 1; Auto axes, so jit places
+  collectives itself. The fsdp groups are consecutive devices (the same host where they fit)."""
+  devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+  fsdp = int(fsdp)
+  if fsdp < 1 or devices.size % fsdp:
+    raise ValueError(f"parallel.fsdp={fsdp} must be a positive divisor of the {devices.size} "
+                     "devices: set --config.parallel.fsdp to one (1 = pure data parallel).")
+  if fsdp == 1:
+    return Mesh(devices, (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  return Mesh(devices.reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS),
+              axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def fsdp_size(mesh: Mesh) -> int:
+  return int(mesh.shape[FSDP_AXIS]) if FSDP_AXIS in mesh.axis_names else 1
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -27,7 +133,40 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) axis split over every device: over `data`, and `fsdp` when there is one."""
+  axes = tuple(mesh.axis_names)
+  return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
+
+
+def fsdp_spec(shape: tuple[int, ...], k: int) -> P:
+  """Splits the largest dimension divisible by k (the last of equals) over `fsdp`; scalars and
+  arrays with no such dimension stay replicated."""
+  if k <= 1:
+    return P()
+  best = None
+  for i, d in enumerate(shape):
+    if d % k == 0 and d >= k and (best is None or d >= shape[best]):
+      best = i
+  if best is None:
+    return P()
+  return P(*([None] * best + [FSDP_AXIS]))
+
+
+def state_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+  """NamedShardings for a tree of arrays / ShapeDtypeStructs: replicated, or FSDP-split."""
+  k = fsdp_size(mesh)
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), k)), abstract_tree)
+
+
+def reshard(tree: Any, shardings: Any) -> Any:
+  """Moves global arrays to other shardings (all processes call it; jit inserts collectives)."""
+  return jax.jit(lambda t: t, out_shardings=shardings)(tree)
+
+
+def to_global(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array every process holds in full (indices, labels)."""
+  host = np.asarray(host)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:

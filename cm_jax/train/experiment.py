@@ -38,7 +38,8 @@ class Experiment:
                method=methods.create_method(config, net, shape),
                tx=state_lib.create_optimizer(config.optim),
                levels=karras.NoiseLevels.from_config(config.karras),
-               sample_shape=shape, mesh=mesh or parallel.create_mesh())
+               sample_shape=shape,
+               mesh=mesh or parallel.create_mesh(fsdp=int(config.parallel.fsdp)))
 
   def _init(self, rng) -> state_lib.TrainState:
     init_rng, state_rng = jax.random.split(rng)
@@ -46,15 +47,19 @@ class Experiment:
     return state_lib.init_state(params, self.tx, state_rng, self.method.has_target_network)
 
   def init_state(self, seed: int) -> state_lib.TrainState:
-    """Initialises directly into the replicated sharding (never whole on one host buffer first)."""
-    init = jax.jit(self._init, out_shardings=parallel.replicated(self.mesh))
+    """Initialises directly into the state's sharding (never whole on one host buffer first)."""
+    init = jax.jit(self._init, out_shardings=self.state_sharding())
     return init(jax.random.PRNGKey(seed))
+
+  def state_sharding(self):
+    """The state's shardings: replicated, or split over the mesh's fsdp axis (parallel.fsdp)."""
+    return parallel.state_shardings(jax.eval_shape(self._init, jax.random.PRNGKey(0)), self.mesh)
 
   def abstract_state(self):
     """Shapes, dtypes and shardings of the state, for Orbax restores."""
     shapes = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-    repl = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        parallel.state_shardings(shapes, self.mesh))
 
   @property
   def num_classes(self) -> int:
@@ -142,7 +147,8 @@ class Experiment:
       return sampling.multistep_sample(self.consistency_fn(params, labels), key, indices,
                                        self.sample_shape, plan, self.levels, clip=clip)
     repl, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
-    return jax.jit(run, in_shardings=(repl, repl, data, data), out_shardings=data)
+    # Replicated output: every process can read the whole batch (several processes included).
+    return jax.jit(run, in_shardings=(repl, repl, data, data), out_shardings=repl)
 
   def generate(self, params, plan, num_samples: int, seed: int, batch_size: int = 256,
                first_index: int = 0, labels=None) -> np.ndarray:
@@ -162,11 +168,26 @@ class Experiment:
     if labels is not None:  # [num_samples] -> padded to whole batches (the padding is trimmed)
       labels = np.pad(labels, (0, -num_samples % batch_size))
     key = jax.random.PRNGKey(seed)
+    # Several processes: inputs become global arrays (jit takes no host arrays for a mesh that
+    # spans processes), and FSDP-split weights are gathered once for the whole loop.
+    params = self._replicate(params)
+    data = parallel.batch_sharding(self.mesh)
+    key = parallel.to_global(np.asarray(key), parallel.replicated(self.mesh))
     out = []
     for start in range(0, num_samples, batch_size):
       count = min(batch_size, num_samples - start)
-      idx = jnp.arange(first_index + start, first_index + start + batch_size, dtype=jnp.int32)
+      idx = np.arange(first_index + start, first_index + start + batch_size, dtype=np.int32)
       batch_labels = None if labels is None else labels[start:start + batch_size]
+      idx = parallel.to_global(idx, data)
+      if batch_labels is not None:
+        batch_labels = parallel.to_global(batch_labels, data)
       images = run(params, key, idx, batch_labels)
       out.append(sampling.to_uint8(jax.device_get(images))[:count])
     return np.concatenate(out, axis=0)
+
+  def _replicate(self, params):
+    """Global arrays with another sharding (FSDP) -> replicated on this mesh; host arrays stay."""
+    repl = parallel.replicated(self.mesh)
+    needs = any(isinstance(x, jax.Array) and not x.sharding.is_fully_replicated
+                for x in jax.tree.leaves(params))
+    return parallel.reshard(params, repl) if needs else params

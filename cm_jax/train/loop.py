@@ -9,27 +9,36 @@ import time
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cm_jax import checkpoint, data, images, parallel
+from cm_jax import checkpoint, data, images, methods, parallel
 from cm_jax.train import metrics as metrics_lib
 from cm_jax.train import teacher as teacher_lib
 from cm_jax.train.experiment import Experiment
-from cm_jax.train.step import make_train_step
+from cm_jax.train.step import make_finite_check, make_train_step
 
 log = logging.getLogger("cm_jax")
 
 
 class _StopRequest:
-  """Turns SIGTERM (preemption) and a first Ctrl-C into 'save and stop after this step'."""
+  """Turns SIGTERM (preemption) and a first Ctrl-C into 'save and stop after this step'.
+
+  One process: Python handlers set a flag. Several processes: they must all stop after the same
+  step, so SIGTERM is left to jax.distributed's preemption notifier (whose handler Python's would
+  replace) and `poll` asks its sync point, which every process reaches at the same step; a first
+  Ctrl-C is turned into a SIGTERM of this process, and so takes the same path.
+  """
 
   def __init__(self):
     self.requested: Optional[str] = None
     self._previous = {}
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -37,6 +46,17 @@ class _StopRequest:
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C stops at once
     self.requested = signal.Signals(signum).name
+    if self._multiprocess:
+      os.kill(os.getpid(), signal.SIGTERM)  # to the preemption notifier
+
+  def poll(self, step: int) -> bool:
+    """Whether to save and stop after `step` (call once per step, on every process)."""
+    if self._multiprocess:
+      if parallel.reached_preemption_sync_point(step):
+        self.requested = self.requested or "SIGTERM"
+        return True
+      return False
+    return self.requested is not None
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -52,10 +72,61 @@ def check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> Non
         "set optim.grad_clip, then resume.")
 
 
+def _last_good(ckpt: checkpoint.Checkpointer) -> str:
+  ckpt.wait()  # an async save in flight counts once it is finished
+  step = ckpt.latest_step()
+  return f"none yet in {ckpt.directory}" if step is None else f"step {step} in {ckpt.directory}"
+
+
+class _NonFinite:
+  """Counts non-finite steps on the device (no host sync per step); read at log and save steps.
+
+  Without train.skip_nonfinite the first one stops the run, naming it and the last good
+  checkpoint; with it, the skipped steps are counted (also across resumes, through the meta).
+  """
+
+  def __init__(self, mesh, start: int, skip: bool, skipped_before: int):
+    self.start, self.skip, self.before = start, skip, skipped_before
+    self._zeros = jax.jit(lambda: (jnp.int32(0), jnp.int32(-1), jnp.int32(0)),
+                          out_shardings=parallel.replicated(mesh))
+    self._add = jax.jit(self._update, donate_argnums=0)
+    self._tally = None
+    self.reported = 0
+
+  @staticmethod
+  def _update(tally, bad):
+    count, first, seen = tally
+    seen = seen + 1
+    first = jnp.where((first < 0) & (bad > 0), seen, first)
+    return count + bad, first, seen
+
+  def add(self, bad) -> None:
+    self._tally = self._add(self._zeros() if self._tally is None else self._tally, bad)
+
+  def check(self, ckpt: checkpoint.Checkpointer) -> int:
+    """Raises (stop mode) or returns the total of skipped steps (skip mode)."""
+    if self._tally is None:
+      return self.before
+    count, first, _ = (int(x) for x in jax.device_get(self._tally))
+    if count and not self.skip:
+      raise FloatingPointError(
+          f"Non-finite loss or gradient at step {self.start + first}; nothing from it was saved. "
+          f"Last good checkpoint: {_last_good(ckpt)}. Lower "
+          "optim.learning_rate or set optim.grad_clip and resume, or set "
+          "--config.train.skip_nonfinite=True to skip such steps.")
+    if count > self.reported:
+      log.warning("Skipped %d step(s) with a non-finite loss or gradient so far (the first at step "
+                  "%d); their updates were not applied.", count, self.start + first)
+      self.reported = count
+    return self.before + count
+
+
 def save_grid(exp: Experiment, params, workdir: str, step: int, writer) -> str:
   """1-step samples from sigma_max, or the ODE solver's for EDM (fixed seed, so grids compare
   across steps)."""
   n = int(exp.config.train.num_grid_samples)
+  if n <= 0:  # train.num_grid_samples=0: no grids
+    return ""
   samples = exp.generate(params, exp.default_plan(), n, seed=0)
   grid = images.make_grid(samples)
   path = os.path.join(workdir, "samples", f"grid_step{step:07d}.png")
@@ -73,27 +144,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_batch = int(tc.batch_size)
   parallel.check_batch_size(global_batch, exp.mesh)
   data.check_config(config.data)
-  # CD: a missing or mismatched teacher is an error before this workdir is touched.
-  teacher_config = teacher_lib.check(config) if exp.method.uses_teacher else None
+  # CD, ECT, sCD: a missing or mismatched teacher is an error before this workdir is touched.
+  teacher_config = teacher_lib.check(config) if config.method in methods.TEACHERS else None
   if teacher_config is None and config.get("teacher"):
-    raise ValueError(f"--config.teacher is for distillation (method=cd); method={config.method} "
-                     "does not use a teacher.")
+    raise ValueError(f"--config.teacher is for method={' | '.join(methods.TEACHERS)}; "
+                     f"method={config.method} does not use a teacher.")
   if jax.process_index() == 0:
     checkpoint.check_or_write_config(workdir, config)
 
   ckpt = checkpoint.Checkpointer(workdir, keep=int(tc.keep_checkpoints))
   teacher = None
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(exp.abstract_state())
+  # The newest checkpoint that restores (a damaged newer one is moved aside with a warning).
+  state, resumed = ckpt.restore_latest_good(exp.abstract_state())
+  if state is not None:
     if teacher_config is not None:
-      teacher = teacher_lib.load(config, teacher_config, exp.mesh, recorded=meta.get("teacher"))
-    log.info("Resumed from step %d in %s", meta["step"], ckpt.directory)
+      teacher = teacher_lib.load(config, teacher_config, exp.mesh, recorded=resumed.get("teacher"))
+    log.info("Resumed from step %d in %s", resumed["step"], ckpt.directory)
   elif teacher_config is not None:
     teacher = teacher_lib.load(config, teacher_config, exp.mesh)
     state = teacher_lib.init_student(exp, int(config.seed), teacher)
+    if parallel.fsdp_size(exp.mesh) > 1:  # init_student builds it replicated
+      state = parallel.reshard(state, exp.state_sharding())
   else:
     state = exp.init_state(int(config.seed))
-  frozen = None if teacher is None else teacher.ema_params  # never donated, never saved
+  # Never donated, never saved; ECT only starts from its teacher and does not query it.
+  frozen = teacher.ema_params if teacher is not None and exp.method.uses_teacher else None
   start = int(jax.device_get(state.step))
   num_steps = int(tc.num_steps)
   writer = metrics_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
@@ -107,9 +182,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   batches = data.train_batches(config.data, global_batch_size=global_batch,
                                seed=int(config.seed), start_step=start)
-  train_step = make_train_step(exp.method, exp.tx, float(config.ema_rate), exp.mesh)
+  if jax.process_count() > 1:
+    local = global_batch // jax.process_count()
+    log.info("Process %d of %d: rows [%d, %d) of every global batch of %d, on %d local devices.",
+             jax.process_index(), jax.process_count(), jax.process_index() * local,
+             (jax.process_index() + 1) * local, global_batch, jax.local_device_count())
+  skip = bool(tc.get("skip_nonfinite", False))
+  train_step = make_train_step(exp.method, exp.tx, float(config.ema_rate), exp.mesh,
+                               skip_nonfinite=skip, state_sharding=exp.state_sharding())
+  state_is_finite = make_finite_check(exp.mesh)
+  nonfinite = _NonFinite(exp.mesh, start, skip, int((resumed or {}).get("skipped_steps", 0)))
   meta = lambda s: {"step": s, "data_position": s, "method": config.method,
+                    "skipped_steps": nonfinite.check(ckpt),
                     **({} if teacher is None else {"teacher": teacher.meta})}
+
+  def save(s: int) -> None:
+    """Never a checkpoint with NaN: the tally raises in stop mode, the state is checked anyway."""
+    m = meta(s)
+    if not bool(jax.device_get(state_is_finite(state))):
+      raise FloatingPointError(
+          f"The train state holds non-finite values at step {s}; not saved. Last good checkpoint: "
+          f"{_last_good(ckpt)}.")
+    ckpt.save(state, m)
+
   summary = {"workdir": workdir, "start_step": start, "preempted": None}
 
   t_last, step_last = time.perf_counter(), start
@@ -117,33 +212,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = start
     while step < num_steps:
       batch = parallel.global_batch(next(batches), exp.mesh)
+      if step == start and jax.process_count() > 1:
+        # Compile first, then meet: the first collective finds every process ready (CPU gloo
+        # gives up after 30 s; compiling can take longer on one process than another).
+        train_step = train_step.lower(state, batch, frozen).compile()
+        parallel.barrier(f"cm_jax_train_step_compiled_{start}")
       state, metrics = train_step(state, batch, frozen)
+      nonfinite.add(metrics["nonfinite"])
       step += 1
-      if step % int(tc.log_every) == 0 or step == num_steps or stop.requested:
+      stopping = stop.poll(step)
+      if step % int(tc.log_every) == 0 or step == num_steps or stopping:
+        skipped = nonfinite.check(ckpt)
         host = jax.device_get(metrics)
-        check_finite(host, step, ckpt)
+        del host["nonfinite"]
+        if not skip:
+          check_finite(host, step, ckpt)
         now = time.perf_counter()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         t_last, step_last = now, step
         scalars = {k: float(np.mean(v)) for k, v in host.items()}
+        if skip:
+          scalars["skipped_steps"] = skipped
         scalars.update(exp.method.schedule(step - 1))
         scalars.update({"steps_per_s": rate, "img_per_s": rate * global_batch})
         writer.write_scalars(step, scalars)
         eta = (num_steps - step) / max(rate, 1e-9)
         log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s", step, num_steps, rate,
                  rate * global_batch, time.strftime("%H:%M:%S", time.gmtime(eta)))
-      if step % int(tc.save_every) == 0 and step != num_steps:
-        check_finite(jax.device_get(metrics), step, ckpt)
-        ckpt.save(state, meta(step))
-      if step % int(tc.sample_every) == 0 and step != num_steps:
+      if step % int(tc.save_every) == 0 and step != num_steps and not stopping:
+        save(step)
+      if step % int(tc.sample_every) == 0 and step != num_steps and not stopping:
         save_grid(exp, state.ema_params, workdir, step, writer)
-      if stop.requested:
+      if stopping:
         summary["preempted"] = stop.requested
         break
 
-  if step > start:
-    check_finite(jax.device_get(metrics), step, ckpt)
-  ckpt.save(state, meta(step))
+  save(step)
   ckpt.close()
   if summary["preempted"]:
     log.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same command to resume.",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from cm_jax import parallel
@@ -12,19 +13,28 @@ def ema_update(ema, params, rate):
   return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
 
 
-def make_train_step(method, tx: optax.GradientTransformation, ema_rate: float, mesh):
+def make_train_step(method, tx: optax.GradientTransformation, ema_rate: float, mesh, *,
+                    skip_nonfinite: bool = False, state_sharding=None):
   """Returns step(state, batch, frozen) -> (state, metrics), jitted over the mesh.
 
-  Parameters are replicated, the batch is split over the data axis; jit inserts the gradient
-  all-reduce. One key per run, folded with the step, so the noise does not depend on sharding.
+  Parameters are replicated (or split over the mesh's fsdp axis: `state_sharding`, a tree of
+  shardings like the state's, from `parallel.state_shardings`), the batch is split over every
+  device; jit inserts the gradient all-reduce. One key per run, folded with the step, so the noise
+  does not depend on sharding.
   `frozen`: read-only parameters the method needs besides its own (the CD teacher's EMA weights;
   None otherwise). Replicated and, unlike the state, not donated: an argument rather than a
   closure, so it is neither a compile-time constant nor part of the checkpointed state.
+
+  metrics['nonfinite'] is 1 when the loss or the gradient norm is not finite. With
+  `skip_nonfinite` such a step leaves params, EMA, target and optimizer state as they were (the
+  step counter, i.e. the data position, still advances past the bad batch).
   """
   def step_fn(state: TrainState, batch, frozen):
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
         state.params, state.target_params, batch, rng, state.step, frozen)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
@@ -34,9 +44,24 @@ def make_train_step(method, tx: optax.GradientTransformation, ema_rate: float, m
         target_params=method.update_target(state.target_params, params, state.step),
         opt_state=opt_state,
     )
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    if skip_nonfinite:
+      keep = state.replace(step=state.step + 1)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, keep)
+    metrics = {"loss": loss, "grad_norm": grad_norm, **aux,
+               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
     return new_state, metrics
 
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+  state_sh = repl if state_sharding is None else state_sharding
+  return jax.jit(step_fn, in_shardings=(state_sh, data, repl), out_shardings=(state_sh, repl),
                  donate_argnums=0)
+
+
+def make_finite_check(mesh):
+  """jitted state -> bool scalar (replicated): every float leaf of the state is finite. Run before
+  each save, so no checkpoint ever holds NaN or inf."""
+  def all_finite(state):
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+  return jax.jit(all_finite, out_shardings=parallel.replicated(mesh))

@@ -1,0 +1,212 @@
+"""Multi-host code on one machine: `launch/train.sh --num_processes=2` (2 forced CPU devices each,
+jax.distributed over localhost, gloo collectives) against one process over 4 devices.
+
+- 2 processes end with the parameters of 1 process on the same global batch (to tolerance);
+- each process reads its own rows of every global batch (disjoint, together the whole batch);
+- SIGTERM to the launcher mid-training: every process stops at the same step and saves it, and
+  the next launch resumes to the same final parameters as the uninterrupted run;
+- `--dry_run` prints the TPU and SLURM commands; bad launcher input is a clear error.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cm_jax import checkpoint, data
+from cm_jax.data import pipeline
+from cm_jax.train.experiment import Experiment
+from configs import digits
+from tests import REPO_ROOT, subprocess_env
+
+CONFIG = "configs/digits.py:method=ict,runlocal"
+STEPS = 30  # long enough that a SIGTERM after step 1-3 lands mid-run
+OVERRIDES = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
+             "--config.train.save_every=1000", "--config.train.sample_every=1000",
+             "--config.train.num_grid_samples=0", "--config.eval.report_at_end=False")
+LAUNCH = os.path.join(REPO_ROOT, "launch", "train.sh")
+
+
+@pytest.fixture(scope="module")
+def cache_env():
+  """The test's interpreter, as it is (no .venv install step in the launcher)."""
+  return {"CM_JAX_PYTHON": sys.executable}
+
+
+def launch(workdir, cache_env, *extra, **popen):
+  """launch/train.sh --num_processes=2 --cpu_devices=2 (a Popen; the caller waits)."""
+  env = subprocess_env(devices=1, **cache_env)
+  return subprocess.Popen(
+      ["bash", LAUNCH, "--num_processes=2", "--cpu_devices=2", f"--config={CONFIG}",
+       f"--workdir={workdir}", *OVERRIDES, *extra],
+      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      **popen)
+
+
+def finish(proc, timeout=600) -> str:
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-4000:]
+  return out
+
+
+def restore(workdir):
+  exp = Experiment.from_config(checkpoint.load_config(str(workdir)))
+  ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
+  state, meta = ckpt.restore(exp.abstract_state())
+  ckpt.close()
+  return state, meta
+
+
+def assert_same_state(a, b, atol):
+  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  print(f"max |difference| over the state: {diff:.3g}")
+  assert diff <= atol, diff
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, cache_env):
+  """The reference: one process over 4 devices, the same global batch."""
+  workdir = tmp_path_factory.mktemp("mp") / "single"
+  out = subprocess.run([sys.executable, "-m", "cm_jax.train", f"--config={CONFIG}",
+                        f"--workdir={workdir}", *OVERRIDES], cwd=REPO_ROOT,
+                       env=subprocess_env(devices=4, **cache_env), capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return workdir
+
+
+def test_two_processes_match_one(single, tmp_path, cache_env):
+  workdir = tmp_path / "two"
+  out = finish(launch(workdir, cache_env))
+  logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+  # Each process read its own half of every global batch of 16.
+  assert "Process 0 of 2: rows [0, 8) of every global batch of 16" in logs[0], logs[0][-3000:]
+  assert "Process 1 of 2: rows [8, 16) of every global batch of 16" in logs[1], logs[1][-3000:]
+  assert "4 devices" in out
+  # Only process 0 writes TensorBoard events and the config.
+  events = [n for n in os.listdir(workdir / "tensorboard") if n.startswith("events")]
+  assert len(events) == 1, events
+  a, meta_a = restore(single)
+  b, meta_b = restore(workdir)
+  assert meta_a["step"] == meta_b["step"] == STEPS
+  assert_same_state(a, b, atol=2e-5)
+
+
+def test_processes_read_disjoint_rows_that_make_the_global_batch():
+  """What each process of a 2-process run reads: disjoint records, together the 1-process batch."""
+  config = digits.get_config("method=ict,runlocal").data
+  whole = next(data.train_batches(config, global_batch_size=16, seed=0, start_step=5,
+                                  process_index=0, process_count=1))
+  parts = [next(data.train_batches(config, global_batch_size=16, seed=0, start_step=5,
+                                   process_index=p, process_count=2)) for p in range(2)]
+  n = data.dataset_size(config, "train")
+  idx = [pipeline.batch_indices(n, 16, 0, 5, np.arange(p * 8, (p + 1) * 8))
+         for p in range(2)]
+  assert not set(idx[0]) & set(idx[1])
+  for k in ("image", "label"):
+    np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+
+
+def test_sigterm_stops_every_process_at_one_step_and_resumes(single, tmp_path, cache_env):
+  workdir = tmp_path / "interrupted"
+  proc = launch(workdir, cache_env)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if re.search(r"step [1-3]/%d " % STEPS, line):
+      proc.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes
+      break
+  out = "".join(lines) + finish(proc)
+  assert "Stopped by SIGTERM" in out, out[-4000:]
+  logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+  stops = [re.findall(r"Stopped by SIGTERM at step (\d+)", log) for log in logs]
+  assert stops[0] and stops[0] == stops[1], stops  # both processes saved the same step
+  stopped_at = int(stops[0][0])
+  assert stopped_at < STEPS, out[-3000:]
+  assert restore(workdir)[1]["step"] == stopped_at
+
+  out = finish(launch(workdir, cache_env))  # the same command resumes
+  assert f"Resumed from step {stopped_at}" in out, out[-3000:]
+  a, _ = restore(single)
+  b, meta = restore(workdir)
+  assert meta["step"] == STEPS
+  assert_same_state(a, b, atol=2e-5)
+
+
+def run_launcher(*args, env_extra=None, path=None):
+  env = dict(os.environ)
+  env.pop("SLURM_JOB_ID", None)
+  env.update(env_extra or {})
+  if path is not None:
+    env["PATH"] = path
+  return subprocess.run(["bash", LAUNCH, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                        text=True, timeout=60)
+
+
+def test_dry_run_prints_tpu_and_slurm_commands():
+  out = run_launcher("--dry_run", "--tpu=pod", "--zone=us-central2-b", "--project=p1",
+                     "--workdir=/mnt/shared/run", "--config.train.num_steps=10")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  where = "--worker=all --zone=us-central2-b --project=p1"
+  assert any(l.startswith("gcloud compute tpus tpu-vm scp ") and "pod:cm_jax_code.tgz" in l
+             and where in l for l in lines), out.stdout
+  assert any(l.startswith(f"gcloud compute tpus tpu-vm ssh pod {where}") and "pip install" in l
+             for l in lines), out.stdout
+  run = [l for l in lines if "CM_JAX_DISTRIBUTED=1 python3 -m cm_jax.train" in l]
+  assert len(run) == 1 and run[0].startswith(f"gcloud compute tpus tpu-vm ssh pod {where}")
+  assert "--workdir=/mnt/shared/run --config.train.num_steps=10" in run[0]
+  assert "tee logs/$(hostname).log" in run[0] and "logs/tpu-pod.log" in run[0]
+
+  out = run_launcher("--dry_run", "--slurm", "--gpus_per_node=8", "--nodes=2",
+                     "--workdir=/shared/r", "--", "--config.train.batch_size=256",
+                     env_extra={"CM_JAX_PYTHON": "python3"})
+  assert out.returncode == 0, out.stderr
+  srun = [l for l in out.stdout.splitlines() if l.startswith("srun ")]
+  assert srun == ["srun --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 --kill-on-bad-exit=1 "
+                  "--output=/shared/r/logs/slurm-%j-%t.log env CM_JAX_DISTRIBUTED=1 python3 -m "
+                  "cm_jax.train --config=configs/digits.py:method=ict --workdir=/shared/r "
+                  "--config.train.batch_size=256"], out.stdout
+  # Inside an allocation, no flag: srun with the allocation's nodes and GPUs.
+  out = run_launcher("--dry_run", env_extra={"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "3",
+                                             "SLURM_GPUS_ON_NODE": "4", "CM_JAX_PYTHON": "py"})
+  assert "srun --nodes=3 --ntasks-per-node=4 --gpus-per-node=4" in out.stdout, out
+
+  out = run_launcher("--dry_run", "--num_processes=2", "--cpu_devices=2", "--workdir=/tmp/x",
+                     env_extra={"CM_JAX_PYTHON": "py"})
+  procs = [l for l in out.stdout.splitlines() if l.startswith("env CM_JAX_DISTRIBUTED=1")]
+  assert len(procs) == 2 and all("CM_JAX_NUM_PROCESSES=2" in l for l in procs), out.stdout
+  assert "CM_JAX_PROCESS_ID=1" in procs[1] and "process_1.log" in procs[1]
+
+
+def test_bad_launcher_input_is_a_clear_error(tmp_path):
+  cases = [
+      (("--tpu=pod",), "needs --zone=ZONE"),
+      (("--slurm", "--dry_run"), "pass --gpus_per_node=G"),
+      (("--num_processes=0",), "--num_processes must be a positive integer"),
+      (("--num_processes=two",), "--num_processes must be a positive integer"),
+      (("--tpu=a", "--zone=b", "--num_processes=2"), "choose one target"),
+      (("--zone=b",), "--zone and --project are for --tpu"),
+      (("--cpu_devices=2",), "are for --num_processes"),
+      (("--num_processes",), "needs a value"),
+  ]
+  for args, message in cases:
+    out = run_launcher(*args)
+    assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+  # No gcloud on PATH: say what to install (only the tools the script needs are linked).
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for tool in ("bash", "dirname", "sed", "tar", "mkdir", "rm", "tee"):
+    found = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True)
+    if found.stdout.strip():
+      os.symlink(found.stdout.strip(), bin_dir / tool)
+  out = run_launcher("--tpu=pod", "--zone=z", path=str(bin_dir))
+  assert out.returncode == 2 and "needs the gcloud CLI" in out.stderr, out.stderr
+  out = run_launcher("--slurm", "--gpus_per_node=2", path=str(bin_dir))
+  assert out.returncode == 2 and "needs srun on PATH" in out.stderr, out.stderr
