@@ -65,5 +65,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.variant == "release":
     paper.apply_overrides(c, RELEASE[args.method])
   if args.runlocal:
-    paper.runlocal(c, resolution=16)
+    paper.runlocal(c)
   return c

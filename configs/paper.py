@@ -154,22 +154,23 @@ def dataset(c: ml_collections.ConfigDict, name: str, resolution: int, num_classe
                      random_flip=True))
 
 
-def runlocal(c: ml_collections.ConfigDict, resolution: int) -> None:
-  """Shrinks a paper config to a CPU smoke run of a few seconds a step.
+def runlocal(c: ml_collections.ConfigDict, resolution: int = 8) -> None:
+  """Shrinks a paper config to a CPU smoke run that compiles in seconds.
 
-  Same method, recipe switches, network family, dtype and dataset; a two-level network a few
-  channels wide at `resolution`, batch 8, 4 steps. LPIPS becomes l2: a smoke run has no converted
-  VGG16/LPIPS weights. The data must still be prepared: for a machine without the dataset,
-  `python -m cm_jax.data.fake NAME DIR` writes a small random stand-in
-  (then --config.data.data_dir=DIR).
+  Same method, recipe switches, network family, dtype and dataset (read and downsampled to
+  `resolution`); the network keeps one level, with attention, a few channels wide and a quarter
+  of the depth (at least one block: iCT-deep keeps twice iCT's); batch 8, 4 steps. LPIPS becomes
+  l2: a smoke run has no converted VGG16/LPIPS weights. The data must still be prepared: on a
+  machine without the dataset, `python -m cm_jax.data.fake NAME DIR` writes a small random
+  stand-in (then --config.data.data_dir=DIR).
   """
   c.data.resolution = resolution
+  blocks = max(1, int(c.model.num_res_blocks) // 4)
   if c.model.name == "adm":  # GroupNorm(32) needs widths that are multiples of 32
-    c.model.update(dict(channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                        attn_resolutions=(resolution // 2,), num_head_channels=32, emb_dim=128))
+    c.model.update(dict(channels=32, num_head_channels=32, emb_dim=128))
   else:
-    c.model.update(dict(channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                        attn_resolutions=(resolution // 2,), emb_dim=64))
+    c.model.update(dict(channels=16, emb_dim=64))
+  c.model.update(dict(channel_mult=(1,), num_res_blocks=blocks, attn_resolutions=(resolution,)))
   if c.consistency.distance == "lpips":
     c.consistency.distance = "l2"
   c.optim.warmup_steps = min(int(c.optim.warmup_steps), 2)
