@@ -149,9 +149,12 @@ def adm(c: ml_collections.ConfigDict, *, channels: int, channel_mult: tuple[int,
                       class_conditional=class_conditional))
 
 
-def dataset(c: ml_collections.ConfigDict, name: str, resolution: int, num_classes: int) -> None:
+def dataset(c: ml_collections.ConfigDict, name: str, resolution: int, num_classes: int,
+            num_workers: int = 4) -> None:
+  """num_workers: grain threads, each preparing a whole local batch (LSUN's JPEG decode and crop
+  costs ~2 ms an image on one core: 0.5 s per 256-image local batch)."""
   c.data.update(dict(name=name, resolution=resolution, channels=3, num_classes=num_classes,
-                     random_flip=True))
+                     random_flip=True, num_workers=num_workers))
 
 
 def runlocal(c: ml_collections.ConfigDict, resolution: int = 8) -> None:
