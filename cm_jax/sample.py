@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import cli, images, karras, sampling
+from cm_jax import cli, images, karras, sampling, trigflow
 from cm_jax.train import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -29,6 +29,9 @@ _TS = flags.DEFINE_list("ts", None, "Released convention: indices into a descend
                         "of --ts_grid levels, e.g. 0,11,17 of 18; the last index is the end "
                         "(sigma_min) and is not evaluated.")
 _TS_GRID = flags.DEFINE_integer("ts_grid", 18, "Levels of the grid --ts indexes.")
+_TIMES = flags.DEFINE_list("times", None, "sCT / sCD workdirs (TrigFlow time): decreasing times "
+                           "in (0, pi/2]. Default: 1 step -> [pi/2]; 2 steps -> [pi/2, "
+                           "config.scm.two_step_t].")
 _NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.")
 _OUT = flags.DEFINE_string("out", None, "Output .npz path.")
 _GRID = flags.DEFINE_string("grid", None, "Also write a PNG grid of (up to 256 of) the samples.")
@@ -69,7 +72,13 @@ def resolve_sigmas(levels: karras.NoiseLevels, steps, sigmas, ts, ts_grid, two_s
 
 
 def resolve_plan(exp):
-  """Consistency levels from --steps/--sigmas/--ts, or an EDM workdir's ODE solver."""
+  """Consistency levels from --steps/--sigmas/--ts (sCT / sCD: --steps/--times), or a denoiser
+  workdir's ODE solver."""
+  if exp.is_trigflow and not exp.is_denoiser:
+    return resolve_times(exp)
+  if _TIMES.value:
+    raise ValueError(f"--times is for sCT / sCD workdirs; {_WORKDIR.value} holds a "
+                     f"method={exp.config.method} model.")
   if exp.is_denoiser:
     given = [name for name, v in (("--steps", _STEPS.value), ("--sigmas", _SIGMAS.value),
                                   ("--ts", _TS.value)) if v]
@@ -85,6 +94,29 @@ def resolve_plan(exp):
                      "--ts.")
   return resolve_sigmas(exp.levels, _STEPS.value, _SIGMAS.value, _TS.value, _TS_GRID.value,
                         float(exp.config.sample.two_step_sigma))
+
+
+def resolve_times(exp):
+  """TrigFlow consistency times: --times, or pi/2 (1 step) then config.scm.two_step_t (2 steps)."""
+  given = [name for name, v in (("--sigmas", _SIGMAS.value), ("--ts", _TS.value),
+                                ("--edm_levels", _EDM_LEVELS.value),
+                                ("--edm_solver", _EDM_SOLVER.value)) if v]
+  if given:
+    raise ValueError(f"{_WORKDIR.value} holds a method={exp.config.method} model in TrigFlow time "
+                     f"t in (0, pi/2]: use --steps or --times, not {', '.join(given)}.")
+  steps = _STEPS.value
+  if _TIMES.value:
+    out = [float(t) for t in _TIMES.value]
+  elif (steps or 1) == 1:
+    out = [trigflow.HALF_PI]
+  elif steps == 2:
+    out = [trigflow.HALF_PI, float(exp.config.scm.two_step_t)]
+  else:
+    raise ValueError(f"--steps={steps}: give the {steps} times with --times (decreasing, "
+                     "pi/2 first).")
+  if steps is not None and len(out) != steps:
+    raise ValueError(f"--steps={steps} but {len(out)} times were given: {out}.")
+  return [float(t) for t in trigflow.check_times(out)]
 
 
 def parse_labels(values):
@@ -128,7 +160,8 @@ def main(argv):
       np.savez(tmp, arr_0=samples, **({} if labels is None else {"arr_1": labels}))
       os.replace(tmp, _OUT.value)
       how = (f"with {plan.solver} over {plan.num_levels} levels ({plan.nfe} evaluations)"
-             if isinstance(plan, sampling.EDMPlan) else f"at sigmas {plan}")
+             if isinstance(plan, sampling.EDMPlan)
+             else f"at {'times' if exp.is_trigflow else 'sigmas'} {plan}")
       print(f"Wrote {len(samples)} samples of checkpoint step {step} {how} to {_OUT.value}")
       if _GRID.value:
         images.save_png(_GRID.value, images.make_grid(samples[:256]), scale=4)

@@ -1,7 +1,10 @@
 """The offline default: scikit-learn's 8x8 digits at 16x16, trained in minutes on 2 CPU cores.
 
-Usage: --config=configs/digits.py:method=ict   (or method=ct | edm; add ,runlocal for a smoke run)
+Usage: --config=configs/digits.py:method=ict   (or method=ct | edm | trigflow | sct; add ,runlocal
+                                                for a smoke run)
        --config=configs/digits.py:method=cd --config.teacher=EDM_WORKDIR   (distil an EDM run)
+       --config=configs/digits.py:method=ect --config.teacher=EDM_WORKDIR  (tune an EDM run)
+       --config=configs/digits.py:method=scd --config.teacher=TRIGFLOW_WORKDIR
 """
 import ml_collections
 
@@ -49,6 +52,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The student starts from a trained teacher: at 1e-3 RAdam's normalised steps added speckle
     # the loss could not see (1-step Frechet 30.4 vs 23.2 at 1e-4 or 2e-4).
     c.optim.learning_rate = 1e-4
+  elif c.method == "ect":  # tunes a trained EDM workdir: --config.teacher=runs/digits_edm
+    # ECT's r(t) schedule with 10 stages over the 1000 steps (CIFAR-10: 16 of 25k over 400k);
+    # iCT's pseudo-Huber c, so that ECT and iCT differ only in the start and the levels.
+    c.ect.update(dict(p_mean=-1.1, p_std=2.0, q=2.0, k=8.0, b=1.0, stage_steps=100,
+                      huber_c=-1.0))
+    # The network starts trained (as CD's): a small rate. Checkpoints every 250 steps kept, so the
+    # table can score ECT before the end.
+    c.optim.learning_rate = 2e-4
+    c.train.keep_checkpoints = 4
+  elif c.method == "trigflow":  # the sCD teacher: EDM's budget (1200 steps, one evaluation each)
+    c.train.num_steps = 1200
+    c.scm.update(dict(p_mean=-1.0, p_std=1.4, time_scale=1.0))
+  elif c.method in ("sct", "scd"):
+    # sCM's CIFAR-10 tau ~ N(-1.0, 1.4^2), c_noise = t (the digits Fourier scale 0.02 was tuned
+    # for inputs of this range), the tangent warm-up over the first 10% of the run (sCM: 10k of
+    # 400k), normalisation c = 0.1, 2-step sampling through t = 1.1.
+    c.scm.update(dict(p_mean=-1.0, p_std=1.4, time_scale=1.0, warmup_steps=100,
+                      tangent_norm_c=0.1, two_step_t=1.1))
+    if c.method == "scd":  # starts from its TrigFlow teacher (--config.teacher), as CD does
+      c.optim.learning_rate = 2e-4
 
   if runlocal:
     c.model.update(dict(channels=16, num_res_blocks=1, attn_resolutions=()))

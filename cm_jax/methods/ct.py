@@ -4,7 +4,8 @@ A method is `loss(params, target_params, batch, rng, step, frozen=None) -> (loss
 target-network update; `frozen` holds read-only parameters a method needs besides its own (the CD
 teacher). CT and iCT differ only in four pluggable pieces: the curriculum N(k), how the adjacent
 pair (s_n, s_{n+1}) is drawn, the weighting lambda, and the target network. CD (cd.py) adds a
-fifth: x_lo from one teacher ODE step instead of x + s_n z.
+fifth: x_lo from one teacher ODE step instead of x + s_n z. ECT (ect.py) replaces the grid by
+continuous levels (r, t) from a `level_sampler`, where r = 0 makes the target the data itself.
 """
 from __future__ import annotations
 
@@ -61,11 +62,16 @@ class ConsistencyTraining:
   net: Net
   levels: karras.NoiseLevels
   distance: distances.Distance
-  num_levels: Callable[[Any], jnp.ndarray]             # step -> N(k)
-  pair_index: Callable[[Any, Any, int], jnp.ndarray]   # (rng, N, B) -> n in 1..N-1
+  num_levels: Optional[Callable[[Any], jnp.ndarray]]            # step -> N(k); None: level_sampler
+  pair_index: Optional[Callable[[Any, Any, int], jnp.ndarray]]  # (rng, N, B) -> n in 1..N-1
   weight: Callable[[Any, Any], jnp.ndarray]            # (s_n, s_{n+1}) -> lambda
   target_decay: Optional[Callable[[Any], jnp.ndarray]]  # step -> mu(k); None: target = sg(theta)
   teacher_step: Optional[TeacherStep] = None  # CD; None: CT's x_lo = x + s_n z
+  # Continuous levels instead of the grid (ECT): (rng, step, B) -> (sigma_lo [B], sigma_hi [B]),
+  # sigma_lo = 0 meaning "the target is the clean sample x itself".
+  level_sampler: Optional[Callable[[Any, Any, int], tuple]] = None
+  # step -> {name: scalar} logged with the loss; default {"num_levels": N(k)}.
+  curriculum: Optional[Callable[[Any], dict]] = None
 
   @property
   def has_target_network(self) -> bool:
@@ -76,6 +82,18 @@ class ConsistencyTraining:
     """Whether `loss` needs the teacher's parameters as `frozen`."""
     return self.teacher_step is not None
 
+  def curriculum_values(self, step) -> dict:
+    return self.curriculum(step) if self.curriculum else {"num_levels": self.num_levels(step)}
+
+  def draw_levels(self, rng, step, batch_size: int):
+    """(sigma_lo [B], sigma_hi [B]): an adjacent pair of the step's grid, or the level sampler's."""
+    if self.level_sampler is not None:
+      return self.level_sampler(rng, step, batch_size)
+    n_levels = self.num_levels(step)
+    n = self.pair_index(rng, n_levels, batch_size)
+    return (karras.sigma_at(n, n_levels, self.levels),
+            karras.sigma_at(n + 1, n_levels, self.levels))
+
   def consistency(self, params, x, sigma, labels, train: bool, rng):
     net = lambda x_in, noise: self.net(params, x_in, noise, labels, train, rng)
     return karras.consistency_function(net, x, sigma, self.levels)
@@ -83,10 +101,7 @@ class ConsistencyTraining:
   def loss(self, params, target_params, batch, rng, step, frozen=None):
     x, labels = batch["image"], batch.get("label")
     rng_pair, rng_noise, rng_dropout = jax.random.split(rng, 3)
-    n_levels = self.num_levels(step)
-    n = self.pair_index(rng_pair, n_levels, x.shape[0])
-    sigma_lo = karras.sigma_at(n, n_levels, self.levels)
-    sigma_hi = karras.sigma_at(n + 1, n_levels, self.levels)
+    sigma_lo, sigma_hi = self.draw_levels(rng_pair, step, x.shape[0])
     z = jax.random.normal(rng_noise, x.shape, x.dtype)
     x_hi = x + karras.per_sample(sigma_hi, x) * z
     if self.uses_teacher:
@@ -101,9 +116,11 @@ class ConsistencyTraining:
     # The same dropout key for the online and target passes.
     target = jax.lax.stop_gradient(
         self.consistency(teacher_params, x_lo, sigma_lo, labels, True, rng_dropout))
+    # sigma_lo = 0 (ECT's r = 0): the target is x itself (grid levels are all > 0).
+    target = jnp.where(karras.per_sample(sigma_lo, x) > 0, target, x)
     weights = self.weight(sigma_lo, sigma_hi)
     per_sample = weights * self.distance(online, target)
-    aux = {"num_levels": n_levels, "distance": jnp.mean(self.distance(online, target))}
+    aux = {**self.curriculum_values(step), "distance": jnp.mean(self.distance(online, target))}
     return jnp.mean(per_sample), aux
 
   def update_target(self, target_params, params, step):
@@ -114,7 +131,7 @@ class ConsistencyTraining:
 
   def schedule(self, step) -> dict[str, float]:
     """Host-side curriculum values for logging."""
-    out = {"num_levels": float(self.num_levels(step))}
+    out = {k: float(v) for k, v in self.curriculum_values(step).items()}
     if self.has_target_network:
       out["target_decay"] = float(self.target_decay(step))
     return out

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from cm_jax import karras, methods, models, parallel, sampling
+from cm_jax import karras, methods, models, parallel, sampling, trigflow
 from cm_jax.train import state as state_lib
 
 
@@ -44,6 +44,9 @@ class Experiment:
   def _init(self, rng) -> state_lib.TrainState:
     init_rng, state_rng = jax.random.split(rng)
     params = models.init_params(self.module, init_rng, self.config.data)
+    extra = getattr(self.method, "extra_params", None)  # sCM: the adaptive weighting head
+    if extra is not None:
+      params = {**params, **extra(jax.random.fold_in(init_rng, 1))}
     return state_lib.init_state(params, self.tx, state_rng, self.method.has_target_network)
 
   def init_state(self, seed: int) -> state_lib.TrainState:
@@ -96,6 +99,10 @@ class Experiment:
 
   def consistency_fn(self, params, labels=None) -> sampling.ConsistencyFn:
     """f(x, sigma) in eval mode (no dropout) with parameters and labels bound."""
+    if self.is_trigflow:
+      raise ValueError(f"A method={self.config.method} model lives in TrigFlow time t in "
+                       "[0, pi/2], not sigma: sample it with `Experiment.generate` (times), or "
+                       "use `velocity_fn` with cm_jax.trigflow.")
     def f(x, sigma):
       net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
       return karras.consistency_function(net, x, sigma, self.levels)
@@ -106,6 +113,17 @@ class Experiment:
     """EDM runs train a denoiser D(x, s), sampled by an ODE solver; the other methods train a
     consistency function f(x, s), sampled in 1 or a few steps."""
     return self.config.method in methods.DENOISERS
+
+  @property
+  def is_trigflow(self) -> bool:
+    """trigflow / sCT / sCD: TrigFlow time t in [0, pi/2] (cm_jax/trigflow.py); consistency plans
+    are decreasing times (pi/2 first), ODE plans run trigflow.ode_sample."""
+    return self.config.method in methods.TRIGFLOW
+
+  def velocity_fn(self, params, labels=None) -> trigflow.VelocityFn:
+    """TrigFlow's (x_t, t) -> F(x_t / sd, c_noise(t)) in eval mode, parameters and labels bound."""
+    net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
+    return trigflow.bind(net, self.levels.sigma_data, float(self.config.scm.time_scale))
 
   def denoiser_fn(self, params, labels=None) -> Callable:
     """D(x, sigma) in eval mode (no dropout) with parameters and labels bound."""
@@ -118,12 +136,13 @@ class Experiment:
     """What a preview samples: 1 step from sigma_max, or the config's ODE solver for EDM."""
     if self.is_denoiser:
       return sampling.EDMPlan.from_config(self.config.sample)
-    return [self.levels.sigma_max]
+    return [trigflow.HALF_PI] if self.is_trigflow else [self.levels.sigma_max]
 
   def sampler(self, plan, clip: bool = True):
     """jitted (params, key, indices [B], labels [B] | None) -> images [B, H, W, C] in [-1, 1].
 
-    plan: decreasing sigmas for a consistency model, a `sampling.EDMPlan` for a denoiser.
+    plan: decreasing sigmas for a consistency model (times in (0, pi/2] for sCT / sCD), a
+    `sampling.EDMPlan` for a denoiser (EDM or TrigFlow).
     Sharded over the batch axis. One compiled sampler per (plan, clip), kept for the life of
     the experiment (labels or none: one trace each).
     """
@@ -133,13 +152,22 @@ class Experiment:
           + ("an ODE solver (sampling.EDMPlan: --edm_levels, --edm_solver), not consistency "
              "levels." if self.is_denoiser else "consistency levels (sigmas), not an ODE solver."))
     if not self.is_denoiser:
-      plan = tuple(float(s) for s in sampling.check_sigmas(plan, self.levels))
+      check = trigflow.check_times if self.is_trigflow else (
+          lambda p: sampling.check_sigmas(p, self.levels))
+      plan = tuple(float(s) for s in check(plan))
     if (plan, clip) not in self._samplers:
       self._samplers[(plan, clip)] = self._build_sampler(plan, clip)
     return self._samplers[(plan, clip)]
 
   def _build_sampler(self, plan, clip: bool):
     def run(params, key, indices, labels=None):
+      if self.is_trigflow:
+        velocity, sd = self.velocity_fn(params, labels), self.levels.sigma_data
+        if self.is_denoiser:
+          return trigflow.ode_sample(velocity, key, indices, self.sample_shape,
+                                     plan.sigmas(self.levels), plan.solver, sd, clip=clip)
+        return trigflow.multistep_sample(velocity, key, indices, self.sample_shape, plan, sd,
+                                         clip=clip)
       if self.is_denoiser:
         return sampling.edm_sample(self.denoiser_fn(params, labels), key, indices,
                                    self.sample_shape, plan.sigmas(self.levels), plan.solver,

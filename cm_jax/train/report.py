@@ -14,7 +14,7 @@ import os
 import jax
 import numpy as np
 
-from cm_jax import data, images, methods, sampling
+from cm_jax import data, images, methods, sampling, trigflow
 from cm_jax.evaluation import digit_features
 
 log = logging.getLogger("cm_jax")
@@ -26,20 +26,25 @@ def feature_cache_dir() -> str:
 
 
 def sampling_plans(config, levels) -> dict:
-  """Consistency models: 1 and 2 steps. EDM denoisers: the config's ODE solver (Heun, 18 levels =
-  35 evaluations by default)."""
+  """Consistency models: 1 and 2 steps (sCT / sCD: at TrigFlow times pi/2 and scm.two_step_t).
+  Denoisers (EDM, TrigFlow): the config's ODE solver (Heun, 18 levels = 35 evaluations by
+  default)."""
   if config.method in methods.DENOISERS:
     plan = sampling.EDMPlan.from_config(config.sample)
     return {plan.name: plan}
+  if config.method in methods.TRIGFLOW:
+    return {"1-step": [trigflow.HALF_PI],
+            "2-step": [trigflow.HALF_PI, float(config.scm.two_step_t)]}
   return {"1-step": [levels.sigma_max],
           "2-step": [levels.sigma_max, float(config.sample.two_step_sigma)]}
 
 
-def describe_plan(plan) -> dict:
-  """JSON-able: the levels of a consistency plan, or the solver of an ODE plan; and the NFE."""
+def describe_plan(plan, trigflow_time: bool = False) -> dict:
+  """JSON-able: the levels of a consistency plan (TrigFlow: its times), or the solver of an ODE
+  plan; and the NFE."""
   if isinstance(plan, sampling.EDMPlan):
     return {"solver": plan.solver, "levels": plan.num_levels, "nfe": plan.nfe}
-  return {"sigmas": [float(s) for s in plan], "nfe": len(plan)}
+  return {("times" if trigflow_time else "sigmas"): [float(s) for s in plan], "nfe": len(plan)}
 
 
 def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict, dict]:
@@ -54,7 +59,7 @@ def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict
     samples[name] = exp.generate(params, plan, n, seed=seed)
     report = digit_features.quality_report(net, samples[name], reference["image"],
                                            heldout["image"][:n])
-    results[name] = {**describe_plan(plan), **report}
+    results[name] = {**describe_plan(plan, exp.is_trigflow), **report}
   return results, samples
 
 

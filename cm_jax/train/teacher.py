@@ -30,9 +30,10 @@ log = logging.getLogger("cm_jax")
 # Config keys the student must share with its teacher, and the exceptions (dropout has no weights,
 # and the teacher runs in eval mode).
 _MUST_MATCH = ("data.name", "data.resolution", "data.channels", "data.num_classes", "karras.",
-               "model.")
+               "model.", "scm.time_scale", "scm.adaptive_weight", "scm.weight_hidden")
 _MAY_DIFFER = ("model.dropout",)
 _WHAT = "The teacher workdir (--config.teacher)"
+_ARTICLES = {"edm": "an EDM", "trigflow": "a TrigFlow"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +60,13 @@ def fingerprint(tree) -> str:
 
 def check_compatible(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict,
                      workdir: str) -> None:
-  if teacher_config.method not in methods.DENOISERS:
+  want = methods.TEACHERS.get(config.method, "edm")
+  if teacher_config.method != want:
     raise ValueError(
-        f"The teacher {workdir} is a method={teacher_config.method} run; CD distils an EDM "
-        "denoiser. Train one with `python -m cm_jax.train --config=configs/<dataset>.py:method=edm "
-        "--workdir=TEACHER` and pass --config.teacher=TEACHER.")
+        f"The teacher {workdir} is a method={teacher_config.method} run; method={config.method} "
+        f"starts from a method={want} run. Train one with `python -m cm_jax.train "
+        f"--config=configs/<dataset>.py:method={want} --workdir=TEACHER` and pass "
+        "--config.teacher=TEACHER.")
   student, teacher = checkpoint.flat_config(config), checkpoint.flat_config(teacher_config)
   differ = sorted(k for k in set(student) | set(teacher)
                   if k.startswith(_MUST_MATCH) and not k.startswith(_MAY_DIFFER)
@@ -80,11 +83,12 @@ def check_compatible(config: ml_collections.ConfigDict, teacher_config: ml_colle
 def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Validates config.teacher without restoring it; returns the teacher's config."""
   path = str(config.teacher)
+  want = methods.TEACHERS.get(config.method, "edm")
   if not path:
     raise ValueError(
-        f"method={config.method} needs an EDM teacher: --config.teacher=TEACHER_WORKDIR, trained "
-        "with `python -m cm_jax.train --config=configs/<dataset>.py:method=edm "
-        "--workdir=TEACHER_WORKDIR`.")
+        f"method={config.method} needs {_ARTICLES.get(want, 'a ' + want)} teacher: "
+        "--config.teacher=TEACHER_WORKDIR, trained with `python -m cm_jax.train "
+        f"--config=configs/<dataset>.py:method={want} --workdir=TEACHER_WORKDIR`.")
   teacher_config = restore.workdir_config(path, _WHAT)
   check_compatible(config, teacher_config, path)
   if not checkpoint.has_checkpoint(path):
