@@ -281,3 +281,33 @@ def test_ect_converges_to_the_exact_consistency_function():
   assert np.exp(float(params["log_v"])) == pytest.approx(S**2, rel=0.03)
   sig = karras.karras_sigmas(40, LEVELS)
   np.testing.assert_allclose(alpha_of(params, net, sig), exact_alpha(sig), rtol=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and clear errors
+
+def test_teachers_are_checked_before_anything_runs():
+  from cm_jax.train import teacher as teacher_lib
+  from configs import digits
+  for method, kind in (("ect", "an EDM"), ("scd", "a TrigFlow")):
+    with pytest.raises(ValueError, match=f"method={method} needs {kind} teacher"):
+      teacher_lib.check(digits.get_config(f"method={method}"))
+  edm = digits.get_config("method=edm")
+  with pytest.raises(ValueError, match="starts from a method=trigflow run"):
+    teacher_lib.check_compatible(digits.get_config("method=scd"), edm, "W")
+  teacher_lib.check_compatible(digits.get_config("method=ect"), edm, "W")  # dropout may differ
+  scd = digits.get_config("method=scd")
+  scd.scm.time_scale = 1000.0
+  with pytest.raises(ValueError, match="scm.time_scale"):
+    teacher_lib.check_compatible(scd, digits.get_config("method=trigflow"), "W")
+
+
+def test_digits_configs_of_the_new_methods():
+  from cm_jax import methods
+  from configs import digits
+  for name in ("ect", "trigflow", "sct", "scd"):
+    c = digits.get_config(f"method={name}")
+    assert c.model == digits.get_config("method=edm").model and c.train.batch_size == 128
+    assert (name in methods.TRIGFLOW) == (name != "ect")
+  assert digits.get_config("method=ect").ect.stage_steps == 100
+  assert methods.TEACHERS == {"cd": "edm", "ect": "edm", "scd": "trigflow"}

@@ -86,11 +86,7 @@ def final_report(summary: dict) -> dict:
   results, samples = score_digits(exp, state.ema_params, int(config.eval.num_samples))
   if jax.process_index() != 0:
     return results
-  eval_dir = os.path.join(workdir, "eval")
-  os.makedirs(eval_dir, exist_ok=True)
-  json_path = os.path.join(eval_dir, f"digits_quality_step{step:07d}.json")
-  with open(json_path, "w") as f:
-    json.dump({"step": step, "method": config.method, **results}, f, indent=2)
+  json_path = write_scores(workdir, step, config.method, results)
   # One block per plan, left to right (1-step, 2-step), the same seeds in each.
   n = min(50, len(next(iter(samples.values()))))
   blocks = [images.make_grid(samples[k][:n], ncols=5) for k in samples]
@@ -105,6 +101,18 @@ def final_report(summary: dict) -> dict:
   return results
 
 
+def scores_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "eval", f"digits_quality_step{step:07d}.json")
+
+
+def write_scores(workdir: str, step: int, method: str, results: dict) -> str:
+  path = scores_path(workdir, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"step": step, "method": method, **results}, f, indent=2)
+  return path
+
+
 def latest_scores(workdir: str) -> dict:
   """The newest digits_quality_step*.json of a workdir."""
   eval_dir = os.path.join(workdir, "eval")
@@ -116,23 +124,53 @@ def latest_scores(workdir: str) -> dict:
     return json.load(f)
 
 
+def checkpoint_scores(workdir: str, step: int) -> dict:
+  """The scores of checkpoint `step` of a (digits) workdir: cached in its eval/ as the end-of-run
+  report writes them, else computed from that checkpoint's EMA weights (read-only restore)."""
+  path = scores_path(workdir, step)
+  if not os.path.exists(path):
+    from cm_jax.train import restore
+    config = restore.workdir_config(workdir)
+    exp, state, _ = restore.restore_state(workdir, config, step)
+    results, _ = score_digits(exp, state.ema_params, int(config.eval.num_samples))
+    write_scores(workdir, step, config.method, results)
+  with open(path) as f:
+    return json.load(f)
+
+
+def _teacher(workdir: str) -> str:
+  path = os.path.join(workdir, "config.json")
+  teacher = ""
+  if os.path.exists(path):
+    with open(path) as f:
+      teacher = json.load(f).get("teacher", "")
+  return f"`{os.path.basename(os.path.normpath(teacher))}`" if teacher else "-"
+
+
 def markdown_table(workdirs: list[str]) -> str:
-  """One row per run: Frechet at 1 and 2 steps (consistency models) or with the ODE solver (EDM),
-  classes covered (by the first plan), beside real held-out digits."""
-  rows = ["| run | method | steps | 1-step Frechet | 2-step Frechet | ODE solver Frechet (NFE) | "
-          "real held-out | classes |", "|---|---|---|---|---|---|---|---|"]
-  for w in workdirs:
-    s = latest_scores(w)
+  """One row per run: Frechet at 1 and 2 steps (consistency models) or with the ODE solver (EDM,
+  TrigFlow), classes covered (by the first plan), beside real held-out digits.
+
+  A run is a workdir (its newest scores) or `WORKDIR@STEP` (checkpoint STEP, scored on demand).
+  The teacher column names the workdir a run distils or starts from (CD, ECT, sCD)."""
+  rows = ["| run | method | steps | teacher | 1-step Frechet | 2-step Frechet | "
+          "ODE solver Frechet (NFE) | real held-out | classes |",
+          "|---|---|---|---|---|---|---|---|---|"]
+  for run in workdirs:
+    w, _, step = run.partition("@")
+    s = checkpoint_scores(w, int(step)) if step else latest_scores(w)
     plans = {k: v for k, v in s.items() if isinstance(v, dict)}
     first = next(iter(plans.values()))
     cell = lambda k: f"{plans[k]['frechet']:.1f}" if k in plans else "-"
     ode = "; ".join(f"{v['frechet']:.1f} ({v['solver']}, {v['nfe']})"
                     for v in plans.values() if "solver" in v) or "-"
-    rows.append(f"| `{w}` | {s['method']} | {s['step']} | {cell('1-step')} | {cell('2-step')} | "
-                f"{ode} | {first['frechet_real']:.1f} | {first['classes_covered']}/10 |")
+    rows.append(f"| `{w}` | {s['method']} | {s['step']} | {_teacher(w)} | {cell('1-step')} | "
+                f"{cell('2-step')} | {ode} | {first['frechet_real']:.1f} | "
+                f"{first['classes_covered']}/10 |")
   return "\n".join(rows)
 
 
 if __name__ == "__main__":
   import sys
+  # python -m cm_jax.train.report WORKDIR[@STEP] ...
   print(markdown_table(sys.argv[1:]))
