@@ -225,8 +225,11 @@ class Checkpointer:
       stamp = time.strftime("%Y%m%d-%H%M%S")
       for step in steps:
         src = os.path.join(self.directory, str(step))
+        dst, n = os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}"), 1
+        while os.path.exists(dst):
+          dst, n = os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}-{n}"), n + 1
         if os.path.isdir(src):
-          os.replace(src, os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}"))
+          os.replace(src, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("cm_jax_checkpoint_move_aside")
