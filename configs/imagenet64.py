@@ -46,8 +46,8 @@ ROWS = {
 }
 
 # The PyTorch release's cm_train.py launch lines: Adam, CT at lr 1e-4 with the release's
-# mu(k) = exp(s0 ln mu0 / (N(k) - 1)). (Its CT also starts from the EDM teacher's weights; see
-# docs/datasets.md, "Paper rows".)
+# mu(k) = exp(s0 ln mu0 / (N(k) - 1)). (Its CT also starts from the EDM teacher's weights; add
+# --config.teacher=EDM_WORKDIR for that.)
 RELEASE = {
     "cd": {"optim.name": "adam"},
     "ct": {"optim.name": "adam", "optim.learning_rate": 1e-4,

@@ -47,7 +47,7 @@ def rows(category: str) -> dict:
 
 # The PyTorch release's cm_train.py launch lines: Adam, batch 256, CT at lr 5e-5 with the
 # release's mu(k) = exp(s0 ln mu0 / (N(k) - 1)). (Its CT also starts from the EDM teacher's
-# weights; see docs/datasets.md, "Paper rows".)
+# weights: add --config.teacher=EDM_WORKDIR for that.)
 RELEASE = {
     "cd": {"optim.name": "adam", "train.batch_size": 256},
     "ct": {"optim.name": "adam", "train.batch_size": 256, "optim.learning_rate": 5e-5,

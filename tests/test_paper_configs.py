@@ -179,9 +179,10 @@ def test_runlocal_initialises_sharded_and_trains_two_steps(fake_dir, file, arg):
   assert any(moved)
 
 
-def test_cifar10_edm_teacher_then_cd_through_the_cli_on_8_devices(fake_dir, tmp_path):
-  """The real entry point: the runlocal EDM teacher, then CD from it on 8 forced CPU devices (the
-  student must match the teacher's network: both come from the same file)."""
+def test_cifar10_edm_teacher_then_cd_on_8_devices_and_ct_through_the_cli(fake_dir, tmp_path):
+  """The real entry point: the runlocal EDM teacher, then CD from it on 8 forced CPU devices and
+  the release's CT started from it (students must match the teacher's network: all come from the
+  same file)."""
   teacher, student = tmp_path / "edm", tmp_path / "cd"
   common = [f"--config.data.data_dir={fake_dir}", "--config.train.num_steps=2",
             "--config.eval.report_at_end=False"]
@@ -191,6 +192,11 @@ def test_cifar10_edm_teacher_then_cd_through_the_cli_on_8_devices(fake_dir, tmp_
   log = out.stdout + out.stderr
   assert "8 devices" in log and "Teacher:" in log, log[-2000:]
   assert checkpoint.has_checkpoint(str(student))
+  # The release's CT starts from the same teacher's weights (method=ct takes an optional teacher).
+  ct = tmp_path / "ct"
+  out = train(ct, "configs/cifar10.py:method=ct,variant=release,runlocal",
+              f"--config.teacher={teacher}", *common, devices=1)
+  assert "Teacher:" in out.stdout + out.stderr and checkpoint.has_checkpoint(str(ct))
 
 
 def test_runlocal_keeps_the_recipe_and_shrinks_the_rest():

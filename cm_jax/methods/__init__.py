@@ -14,6 +14,9 @@ TRIGFLOW = ("trigflow", "sct", "scd")
 # Methods that need a trained workdir (`config.teacher`), and the method that workdir must hold.
 # CD and sCD query their teacher in the loss; ECT only starts from it.
 TEACHERS = {"cd": "edm", "ect": "edm", "scd": "trigflow"}
+# Methods that may start from such a workdir when one is given (the PyTorch release started its
+# ImageNet 64 / LSUN CT runs from the EDM teacher: configs/*.py variant=release).
+OPTIONAL_TEACHERS = {"ct": "edm"}
 
 
 def create_method(config, net, sample_shape):

@@ -144,10 +144,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_batch = int(tc.batch_size)
   parallel.check_batch_size(global_batch, exp.mesh)
   data.check_config(config.data)
-  # CD, ECT, sCD: a missing or mismatched teacher is an error before this workdir is touched.
-  teacher_config = teacher_lib.check(config) if config.method in methods.TEACHERS else None
+  # CD, ECT, sCD (and CT when given one): a missing or mismatched teacher is an error before this
+  # workdir is touched.
+  wants_teacher = config.method in methods.TEACHERS or bool(
+      config.method in methods.OPTIONAL_TEACHERS and config.get("teacher"))
+  teacher_config = teacher_lib.check(config) if wants_teacher else None
   if teacher_config is None and config.get("teacher"):
-    raise ValueError(f"--config.teacher is for method={' | '.join(methods.TEACHERS)}; "
+    raise ValueError(f"--config.teacher is for method="
+                     f"{' | '.join([*methods.TEACHERS, *methods.OPTIONAL_TEACHERS])}; "
                      f"method={config.method} does not use a teacher.")
   if jax.process_index() == 0:
     checkpoint.check_or_write_config(workdir, config)
