@@ -16,6 +16,7 @@ import numpy as np
 from absl import app, flags
 
 from cm_jax import cli, images, karras, sampling, trigflow
+from cm_jax.evaluation import two_step
 from cm_jax.train import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -23,8 +24,10 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (network evaluation
                               "number of --sigmas, else 1.")
 _SIGMAS = flags.DEFINE_list("sigmas", None, "Decreasing noise levels, the first usually "
                             "sigma_max (80). Default: 1 step -> [80]; 2 steps -> [80, "
-                            "config.sample.two_step_sigma]; k steps -> the first k of a descending "
-                            "Karras grid of k+1 levels.")
+                            "config.sample.two_step_sigma] (or the level in "
+                            "W/eval/two_step_sigma.json, which `cm_jax.evaluate --search_ts` "
+                            "writes); k steps -> the first k of a descending Karras grid of k+1 "
+                            "levels.")
 _TS = flags.DEFINE_list("ts", None, "Released convention: indices into a descending Karras grid "
                         "of --ts_grid levels, e.g. 0,11,17 of 18; the last index is the end "
                         "(sigma_min) and is not evaluated.")
@@ -92,8 +95,9 @@ def resolve_plan(exp):
     raise ValueError(f"--edm_levels and --edm_solver are for EDM workdirs; {_WORKDIR.value} holds "
                      f"a method={exp.config.method} consistency model: use --steps, --sigmas or "
                      "--ts.")
+  # 2 steps: the level `python -m cm_jax.evaluate --search_ts` chose, else the config's.
   return resolve_sigmas(exp.levels, _STEPS.value, _SIGMAS.value, _TS.value, _TS_GRID.value,
-                        float(exp.config.sample.two_step_sigma))
+                        two_step.two_step_sigma(_WORKDIR.value, exp.config)[0])
 
 
 def resolve_times(exp):

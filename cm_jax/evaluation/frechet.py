@@ -95,14 +95,34 @@ def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
   return root, singular or not np.isfinite(root).all()
 
 
+def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """tr sqrt(sigma1 sigma2) = tr sqrt(sigma1^1/2 sigma2 sigma1^1/2): two symmetric
+  eigendecompositions instead of a general matrix square root (seconds instead of ~a minute at
+  2048-d on a small CPU), exact for positive semi-definite inputs, singular ones included."""
+  w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+  scale = max(1.0, float(np.abs(w).max()))
+  if w.min() < -1e-6 * scale:
+    raise ValueError(f'frechet_distance: the first covariance has eigenvalue {w.min():.3g} < 0; '
+                     'is it a valid covariance?')
+  root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  inner = root @ sigma2 @ root
+  ev = np.linalg.eigvalsh((inner + inner.T) / 2)
+  if ev.min() < -1e-6 * max(1.0, float(np.abs(ev).max())):
+    raise ValueError(f'frechet_distance: sigma1^1/2 sigma2 sigma1^1/2 has eigenvalue '
+                     f'{ev.min():.3g} < 0; is the second covariance positive semi-definite?')
+  return float(np.sum(np.sqrt(np.clip(ev, 0, None))))
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+                     eps: float = 1e-6, method: str = 'sqrtm') -> float:
   """||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), in float64.
 
-  When the product is (near-)singular, as when there are fewer samples than dimensions, both
-  covariances are offset by `eps * I` before the square root (the pytorch-fid fallback). A
-  negligible imaginary part from round-off is dropped; a large one means the statistics are not
-  valid covariances and raises ValueError.
+  method='sqrtm' (pytorch-fid's computation): when the product is (near-)singular, as when there
+  are fewer samples than dimensions, both covariances are offset by `eps * I` before the square
+  root (the pytorch-fid fallback). A negligible imaginary part from round-off is dropped; a large
+  one means the statistics are not valid covariances and raises ValueError.
+  method='eigh': the same trace through symmetric eigendecompositions (what the evaluator uses:
+  ~20x faster at 2048-d, no fallback needed); agrees with 'sqrtm' to round-off.
   """
   mu1, sigma1 = _check_stats(mu1, sigma1, 'first stats')
   mu2, sigma2 = _check_stats(mu2, sigma2, 'second stats')
@@ -111,6 +131,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                      f'so the second must too, got {mu2.shape[0]}')
 
   diff = mu1 - mu2
+  if method == 'eigh':
+    tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+  if method != 'sqrtm':
+    raise ValueError(f"frechet_distance: method must be 'sqrtm' or 'eigh', got {method!r}")
   covmean, bad = _sqrtm(sigma1 @ sigma2)
   if bad:
     warnings.warn(f'frechet_distance: sigma1 @ sigma2 is near-singular; adding {eps} to the '
