@@ -33,10 +33,20 @@ def pseudo_huber(a, b, c: float):
   return jnp.sqrt(sq + c * c) - c
 
 
-NAMES = ("l1", "l2", "pseudo_huber")
+def lpips(lpips_weights: str) -> Distance:
+  """LPIPS v0.1 (VGG16) from converted weights (SPEC §4): [B] distances of [-1, 1] batches,
+  inputs below 256 px resized bilinearly to 224 first. See cm_jax/evaluation/lpips.py."""
+  import jax
+  from cm_jax.evaluation import lpips as lpips_lib
+  params = jax.tree_util.tree_map(jnp.asarray, lpips_lib.load(lpips_weights))
+  return lambda a, b: lpips_lib.lpips_distance(params, a, b)
 
 
-def get_distance(name: str, sample_shape) -> Distance:
+NAMES = ("l1", "l2", "pseudo_huber", "lpips")
+
+
+def get_distance(name: str, sample_shape, lpips_weights: str = "") -> Distance:
+  """lpips_weights: the converted LPIPS directory (consistency.lpips_weights), for name='lpips'."""
   if name == "l2":
     return l2
   if name == "l1":
@@ -45,6 +55,5 @@ def get_distance(name: str, sample_shape) -> Distance:
     c = pseudo_huber_constant(sample_shape)
     return lambda a, b: pseudo_huber(a, b, c)
   if name == "lpips":
-    raise ValueError("distance='lpips' needs converted VGG16/LPIPS weights, which this version does "
-                     "not load yet; use one of " + ", ".join(NAMES) + ".")
+    return lpips(lpips_weights)
   raise ValueError(f"Unknown distance {name!r}; choose one of {', '.join(NAMES)}.")

@@ -51,6 +51,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Consistency training, shared by CT and iCT (SPEC §3-§5); the method fills in its defaults.
   c.consistency = ml_collections.ConfigDict(dict(
       distance="l2",          # l1 | l2 | pseudo_huber
+      lpips_weights="",       # distance=lpips: DIR from `python -m cm_jax.convert lpips`
       s0=2,
       s1=150,
       mu0=0.9,

@@ -38,7 +38,8 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
   return ct.ConsistencyTraining(
       net=net,
       levels=levels,
-      distance=distances.get_distance(config.consistency.distance, sample_shape),
+      distance=distances.get_distance(config.consistency.distance, sample_shape,
+                                      config.consistency.lpips_weights),
       num_levels=lambda step: jnp.int32(n),
       pair_index=ct.uniform_pair_index,
       weight=ct.unit_weight,

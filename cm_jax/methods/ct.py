@@ -149,7 +149,7 @@ def create(config, net: Net, sample_shape) -> ConsistencyTraining:
   return ConsistencyTraining(
       net=net,
       levels=karras.NoiseLevels.from_config(config.karras),
-      distance=distances.get_distance(cc.distance, sample_shape),
+      distance=distances.get_distance(cc.distance, sample_shape, cc.lpips_weights),
       num_levels=num_levels,
       pair_index=uniform_pair_index,
       weight=unit_weight,

@@ -63,7 +63,7 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
   return ct.ConsistencyTraining(
       net=net,
       levels=levels,
-      distance=distances.get_distance(cc.distance, sample_shape),
+      distance=distances.get_distance(cc.distance, sample_shape, cc.lpips_weights),
       num_levels=lambda step: ict_num_levels(step, total, s0, s1),
       pair_index=pair_index,
       weight=inverse_gap_weight,

@@ -8,6 +8,8 @@ perturbed, so a mistake in any layer, padding or pool shows in the output.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -109,8 +111,10 @@ def lpips_reference(seed: int = 0):
   import lpips as lpips_pkg
 
   torch.manual_seed(seed)
-  model = lpips_pkg.LPIPS(net="vgg", version="0.1", pretrained=False, pnet_rand=True,
-                          verbose=False).eval()
+  with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+    warnings.simplefilter("ignore", UserWarning)
+    model = lpips_pkg.LPIPS(net="vgg", version="0.1", pretrained=False, pnet_rand=True,
+                            verbose=False).eval()
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for k in range(5):
