@@ -22,8 +22,9 @@ network, method, optimizer, EMA and target updates) on random data, and 1-step s
                         is the process's peak resident set besides
   sample_img_per_s      1-step sampling f(T z, T) in eval mode, same batch size
 
-`--steps=0` compiles and reports the FLOP and memory figures without running a step (how the
-ImageNet 64 batch-32 memory figure is taken on a CPU). Random images stand in for the dataset, so
+`--steps=0` compiles from abstract shapes (nothing allocated) and reports the FLOP and memory
+figures without running a step or sampling (how the ImageNet 64 batch-32 memory figure is taken
+on a CPU). Random images stand in for the dataset, so
 nothing needs to be prepared; LPIPS (whose weights are not available here) is replaced by l2 and
 the JSON says so. CD benchmarks with the student's own weights standing in for the teacher's:
 the same shapes, hence the same cost.
@@ -165,14 +166,23 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
   log.info("bench: %s %s on %d x %s (%s), global batch %d, %s compute", config.method,
            config.model.name, devices, kind, platform, batch_size, compute)
 
-  state = exp.init_state(int(config.seed))
+  batch = parallel.global_batch(_random_batch(exp, batch_size), mesh)
+  if steps > 0:
+    state = exp.init_state(int(config.seed))
+  else:  # analyse only: shapes and shardings, nothing allocated (a 296M-parameter state is 6 GB)
+    state = exp.abstract_state()
+    sample_repeats = 0
   n_params = models.num_params(state.params)
   frozen = None
   if exp.method.uses_teacher:
-    frozen = jax.tree.map(jnp.copy, state.ema_params)
+    frozen = state.ema_params if steps == 0 else jax.tree.map(jnp.copy, state.ema_params)
     notes.append("cd: the student's weights stand in for the teacher's (same cost)")
-  batch = parallel.global_batch(_random_batch(exp, batch_size), mesh)
-  step = make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh)
+  # Built exactly as cm_jax.train.loop builds it.
+  kwargs = {}
+  if hasattr(exp, "state_sharding"):
+    kwargs = dict(skip_nonfinite=bool(config.train.get("skip_nonfinite", False)),
+                  state_sharding=exp.state_sharding())
+  step = make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh, **kwargs)
 
   t = time.perf_counter()
   compiled = step.lower(state, batch, frozen).compile()

@@ -11,7 +11,11 @@ time embedding, or with `use_scale_shift_norm` apply it FiLM-style after the sec
 Time input: the network gets c_noise = 0.25 ln sigma and feeds 1000 c_noise to guided-diffusion's
 sinusoidal embedding ([cos, sin], max period 10^4) of width `channels`, then Linear(4 ch) -> SiLU
 -> Linear(4 ch). The time MLP and the output head run in float32 (as the release's fp16 mode
-keeps them); the torso in `dtype`.
+keeps them); the torso in `dtype`. Attention: heads of `num_head_channels`, q/k/v as three
+C-wide blocks of the qkv projection, the "(three h d)" order of the CM release's flash attention
+(guided-diffusion's legacy attention orders them per head instead: `qkv_layout='heads'`).
+Initialisers: DDPM's fan-avg uniform (the PyTorch release uses torch's defaults); zero output
+convs as released.
 """
 from __future__ import annotations
 
