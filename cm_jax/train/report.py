@@ -164,7 +164,7 @@ def markdown_table(workdirs: list[str]) -> str:
     cell = lambda k: f"{plans[k]['frechet']:.1f}" if k in plans else "-"
     ode = "; ".join(f"{v['frechet']:.1f} ({v['solver']}, {v['nfe']})"
                     for v in plans.values() if "solver" in v) or "-"
-    rows.append(f"| `{w}` | {s['method']} | {s['step']} | {_teacher(w)} | {cell('1-step')} | "
+    rows.append(f"| `{run}` | {s['method']} | {s['step']} | {_teacher(w)} | {cell('1-step')} | "
                 f"{cell('2-step')} | {ode} | {first['frechet_real']:.1f} | "
                 f"{first['classes_covered']}/10 |")
   return "\n".join(rows)
