@@ -122,7 +122,7 @@ def evaluate_file(samples_path: str) -> dict:
   images = fid.load_sample_file(samples_path)  # a bad file fails before any network is built
   kind = _FEATURES.value or ("digits" if images.shape[-1] == 1 else "inception")
   net = feature_net(kind, _WEIGHTS.value, _BATCH.value)
-  fid.check_images(images[:1], net.channels)
+  fid.check_images(images.head(1), net.channels)
   ref = reference(_REF.value, _REF_SAMPLES.value, net, keep=_PR.value)
   stats = fid.stream_stats(net, fid.iterate_batches(images, _BATCH.value), len(images), _PR.value)
   result = {**summarise(stats, ref), "samples": samples_path, "reference": ref.source,
@@ -161,7 +161,13 @@ def plans_for(exp, workdir: str, steps: list[str]) -> dict:
     if not s.isdigit() or int(s) < 1:
       raise ValueError(f"--steps takes positive integers, got {s!r}.")
     k = int(s)
-    if k == 1:
+    if exp.is_trigflow:  # sCT / sCD: TrigFlow times pi/2 and config.scm.two_step_t
+      if k > 2:
+        raise ValueError(f"{exp.config.method} workdirs are evaluated at --steps=1,2 (TrigFlow "
+                         f"times); got {k}.")
+      from cm_jax.train import report
+      out[f"{k}-step"] = report.sampling_plans(exp.config, exp.levels)[f"{k}-step"]
+    elif k == 1:
       levels = [exp.levels.sigma_max]
     elif k == 2:
       levels = [exp.levels.sigma_max, two_step.two_step_sigma(workdir, exp.config)[0]]
@@ -172,14 +178,15 @@ def plans_for(exp, workdir: str, steps: list[str]) -> dict:
   return out
 
 
-def describe(plan) -> dict:
+def describe(plan, trigflow_time: bool = False) -> dict:
   if isinstance(plan, sampling.EDMPlan):
     return {"solver": plan.solver, "levels": plan.num_levels, "nfe": plan.nfe}
-  return {"sigmas": [float(s) for s in plan], "nfe": len(plan)}
+  return {("times" if trigflow_time else "sigmas"): [float(s) for s in plan], "nfe": len(plan)}
 
 
-def _key(step: int, plan, net, ref, num: int) -> dict:
-  return {"checkpoint_step": step, **describe(plan), "num_samples": num, "seed": _SEED.value,
+def _key(step: int, plan, net, ref, num: int, trigflow_time: bool = False) -> dict:
+  return {"checkpoint_step": step, **describe(plan, trigflow_time), "num_samples": num,
+          "seed": _SEED.value,
           "features": net.name, "reference": ref.source, "params": _PARAMS.value}
 
 
@@ -203,11 +210,12 @@ def read_results(eval_dir: str) -> list[dict]:
 
 def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: int) -> dict:
   """FID/IS of `num` samples of one plan, resumable: returns the recorded row if done."""
-  key = _key(step, plan, net, ref, num)
+  key = _key(step, plan, net, ref, num, exp.is_trigflow)
   kid = _key_id(key)
   for row in read_results(eval_dir):
     if row.get("key_id") == kid:
-      print(f"  step {step} {describe(plan)}: already evaluated (FID {row['fid']:.4f})")
+      print(f"  step {step} {describe(plan, exp.is_trigflow)}: already evaluated "
+            f"(FID {row['fid']:.4f})")
       return row
   partial = os.path.join(eval_dir, f"partial_{kid}.npz")
   stats = fid.FeatureStats(net.dim, net.num_logits, num, keep_features=_PR.value)
@@ -257,8 +265,8 @@ def format_table(rows: list[dict]) -> str:
   """The paper's layout: one row per checkpoint, one column per sampling plan, FID (IS)."""
   plans, by_step = [], {}
   for r in rows:
-    name = f"{r['nfe']} step{'s' if r['nfe'] > 1 else ''}" if "sigmas" in r else \
-        f"{r['solver']} ({r['nfe']} NFE)"
+    name = f"{r['solver']} ({r['nfe']} NFE)" if "solver" in r else \
+        f"{r['nfe']} step{'s' if r['nfe'] > 1 else ''}"
     if name not in plans:
       plans.append(name)
     by_step.setdefault(r["checkpoint_step"], {})[name] = r
@@ -301,7 +309,7 @@ def evaluate_workdir(workdir: str) -> list[dict]:
       rows += search_two_step(exp, params, step, net, ref, eval_dir, workdir)
       continue
     for name, plan in plans_for(exp, workdir, _STEPS.value).items():
-      print(f"Checkpoint {step}, {name} {describe(plan)}: {_NUM.value} samples")
+      print(f"Checkpoint {step}, {name} {describe(plan, exp.is_trigflow)}: {_NUM.value} samples")
       rows.append(evaluate_plan(exp, params, step, plan, net, ref, eval_dir, _NUM.value))
   print(format_table(rows))
   print(f"Results appended to {os.path.join(eval_dir, 'results.jsonl')}")
@@ -310,8 +318,9 @@ def evaluate_workdir(workdir: str) -> list[dict]:
 
 def search_two_step(exp, params, step, net, ref, eval_dir, workdir) -> list[dict]:
   """Ternary search of the middle index t of ts = (0, t, grid-1) on FID (SPEC §8)."""
-  if exp.is_denoiser:
-    raise ValueError("--search_ts is for consistency models; this workdir holds a denoiser.")
+  if exp.is_denoiser or exp.is_trigflow:
+    raise ValueError("--search_ts searches the sigma of a 2-step consistency model (SPEC §8); "
+                     f"this workdir holds method={exp.config.method}.")
   grid = _TS_GRID.value
   if grid < 3:
     raise ValueError(f"--ts_grid must be at least 3, got {grid}.")

@@ -143,8 +143,8 @@ def test_ternary_search_finds_the_minimum_of_unimodal_scores():
 
 def test_eigh_frechet_matches_scipy_sqrtm_reference():
   rng = np.random.default_rng(0)
-  a = rng.standard_normal((600, 256)) @ rng.standard_normal((256, 256)) * 0.1
-  b = rng.standard_normal((600, 256)) @ rng.standard_normal((256, 256)) * 0.12 + 0.3
+  a = rng.standard_normal((400, 128)) @ rng.standard_normal((128, 128)) * 0.1
+  b = rng.standard_normal((400, 128)) @ rng.standard_normal((128, 128)) * 0.12 + 0.3
   want = _scipy_fid(a, b)
   mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
   assert frechet_distance(mu1, s1, mu2, s2, method="eigh") == pytest.approx(want, rel=1e-9)
@@ -161,3 +161,15 @@ def test_inception_without_weights_names_the_converter(tmp_path):
     fid.load_inception_net(None)
   with pytest.raises(FileNotFoundError, match="python -m cm_jax.convert inception"):
     fid.load_inception_net(str(tmp_path))
+
+
+def test_sample_files_are_read_batch_by_batch(tmp_path):
+  images = _images(23, 5, size=6)
+  for save in (np.savez, np.savez_compressed):
+    path = str(tmp_path / f"{save.__name__}.npz")
+    save(path, arr_0=images, arr_1=np.arange(23))
+    f = fid.load_sample_file(path, channels=3)
+    assert len(f) == 23 and f.shape == images.shape
+    chunks = list(fid.iterate_batches(f, 10))
+    assert [len(c) for c in chunks] == [10, 10, 3]
+    np.testing.assert_array_equal(np.concatenate(chunks), images)

@@ -229,26 +229,70 @@ class Reference:
   features: Optional[np.ndarray] = None
 
 
-def iterate_batches(images: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
+def iterate_batches(images, batch_size: int) -> Iterable[np.ndarray]:
+  """Batches of an array, or of a `SampleFile` (read from disk batch by batch)."""
+  if isinstance(images, SampleFile):
+    yield from images.batches(batch_size)
+    return
   for start in range(0, len(images), batch_size):
     yield images[start:start + batch_size]
 
 
-def load_sample_file(path: str, channels: Optional[int] = None, mmap: bool = True) -> np.ndarray:
-  """arr_0 of an .npz sample file (uint8 [N, H, W, C]), checked; memory-mapped where possible."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist.")
-  try:
-    data = np.load(path, mmap_mode="r" if mmap else None)
-  except Exception as e:
-    raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}).") from None
-  if not hasattr(data, "files") or "arr_0" not in data.files:
-    raise ValueError(f"{path} has no arr_0: sample files hold arr_0 = uint8 [N, H, W, C] (what "
-                     "`python -m cm_jax.sample` and ADM's sampler write).")
-  images = data["arr_0"]
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
-    raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, C] with H = W, got "
-                     f"{images.dtype} {images.shape}. Save samples as uint8 in [0, 255].")
+class SampleFile:
+  """arr_0 of an .npz sample file, uint8 [N, H, W, C], read in batches straight from the archive
+  (np.savez or savez_compressed), so a 50k x 256 x 256 file never sits in memory whole."""
+
+  def __init__(self, path: str):
+    import zipfile
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} does not exist.")
+    self.path = path
+    try:
+      with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        if "arr_0.npy" not in names:
+          raise ValueError(f"{path} has no arr_0: sample files hold arr_0 = uint8 [N, H, W, C] "
+                           "(what `python -m cm_jax.sample` and ADM's sampler write).")
+        with z.open("arr_0.npy") as f:
+          self.shape, self.dtype, self._fortran = self._header(f)
+    except zipfile.BadZipFile as e:
+      raise ValueError(f"{path} is not a readable .npz file ({e}).") from None
+    if (self.dtype != np.uint8 or len(self.shape) != 4 or self.shape[1] != self.shape[2]
+        or self._fortran):
+      raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, C] with H = W, got "
+                       f"{self.dtype} {self.shape}. Save samples as uint8 in [0, 255].")
+
+  @staticmethod
+  def _header(f):
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+      shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    return tuple(shape), np.dtype(dtype), fortran
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def batches(self, batch_size: int) -> Iterable[np.ndarray]:
+    import zipfile
+    item = int(np.prod(self.shape[1:]))
+    with zipfile.ZipFile(self.path) as z, z.open("arr_0.npy") as f:
+      self._header(f)
+      for start in range(0, len(self), batch_size):
+        n = min(batch_size, len(self) - start)
+        buf = f.read(n * item)
+        if len(buf) != n * item:
+          raise ValueError(f"{self.path}: arr_0 is truncated at image {start}.")
+        yield np.frombuffer(buf, np.uint8).reshape((n,) + self.shape[1:])
+
+  def head(self, n: int) -> np.ndarray:
+    return next(iter(self.batches(n)))
+
+
+def load_sample_file(path: str, channels: Optional[int] = None) -> SampleFile:
+  """arr_0 of an .npz sample file (uint8 [N, H, W, C]), checked, to be read in batches."""
+  images = SampleFile(path)
   if channels is not None and images.shape[-1] != channels:
     raise ValueError(f"{path}: arr_0 has {images.shape[-1]} channels, the feature network takes "
                      f"{channels} (use --features=digits for 1-channel digits, inception for RGB).")
