@@ -25,8 +25,8 @@ network, method, optimizer, EMA and target updates) on random data, and 1-step s
 `--steps=0` compiles from abstract shapes (nothing allocated) and reports the FLOP and memory
 figures without running a step or sampling (how the ImageNet 64 batch-32 memory figure is taken
 on a CPU). Random images stand in for the dataset, so
-nothing needs to be prepared; LPIPS (whose weights are not available here) is replaced by l2 and
-the JSON says so. CD benchmarks with the student's own weights standing in for the teacher's:
+nothing needs to be prepared; LPIPS runs when `consistency.lpips_weights` names converted
+weights, and is otherwise replaced by l2 (the JSON's notes say so). CD benchmarks with the student's own weights standing in for the teacher's:
 the same shapes, hence the same cost.
 """
 from __future__ import annotations
@@ -148,11 +148,12 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
   notes = []
   if config.method != "edm" and config.consistency.distance == "lpips":
     try:
-      distances.get_distance("lpips", (1, 1, 1))
-    except ValueError:
+      distances.get_distance("lpips", (1, 1, 1), config.consistency.get("lpips_weights", ""))
+    except (ValueError, OSError) as e:
       config.consistency.distance = "l2"
-      notes.append("distance lpips unavailable (no converted weights): benchmarked with l2, "
-                   "so the LPIPS network's cost is not included")
+      notes.append("distance lpips unavailable (no converted weights: set "
+                   "--config.consistency.lpips_weights=DIR to include it): benchmarked with l2, "
+                   f"so the LPIPS network's cost is not included ({str(e).splitlines()[0][:120]})")
   if config.get("teacher"):
     config.teacher = ""
   exp = Experiment.from_config(config)
