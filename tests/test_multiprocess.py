@@ -12,13 +12,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from cm_jax import checkpoint, data
+from PIL import Image
+
+from cm_jax import checkpoint, data, images
 from cm_jax.data import pipeline
 from cm_jax.train.experiment import Experiment
 from configs import digits
@@ -83,7 +84,8 @@ def single(tmp_path_factory, cache_env):
 
 def test_two_processes_match_one(single, tmp_path, cache_env):
   workdir = tmp_path / "two"
-  out = finish(launch(workdir, cache_env))
+  # With the end-of-run sample grid: sampling runs on both processes, process 0 writes it.
+  out = finish(launch(workdir, cache_env, "--config.train.num_grid_samples=4"))
   logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]
   # Each process read its own half of every global batch of 16.
   assert "Process 0 of 2: rows [0, 8) of every global batch of 16" in logs[0], logs[0][-3000:]
@@ -96,6 +98,12 @@ def test_two_processes_match_one(single, tmp_path, cache_env):
   b, meta_b = restore(workdir)
   assert meta_a["step"] == meta_b["step"] == STEPS
   assert_same_state(a, b, atol=2e-5)
+  # The grid the two processes sampled = the same seeds sampled here, on one device.
+  exp = Experiment.from_config(checkpoint.load_config(str(single)))
+  expected = images.make_grid(exp.generate(a.ema_params, [80.0], 4, seed=0))
+  grid = np.asarray(Image.open(workdir / "samples" / f"grid_step{STEPS:07d}.png"))[::4, ::4]
+  assert grid.shape == expected.shape[:2], (grid.shape, expected.shape)
+  assert np.abs(grid.astype(int) - expected[..., 0].astype(int)).max() <= 1
 
 
 def test_processes_read_disjoint_rows_that_make_the_global_batch():

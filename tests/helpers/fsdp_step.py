@@ -6,7 +6,6 @@ every parameter, optimizer moment and EMA array split over the fsdp axis along i
 a checkpoint written under FSDP restores under data parallel, and sampling takes FSDP weights.
 """
 import json
-import sys
 import tempfile
 
 import jax
