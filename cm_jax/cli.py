@@ -9,8 +9,10 @@ from absl import logging as absl_logging
 
 from cm_jax.checkpoint import CheckpointError
 
-# Errors that mean "the input is wrong": print the message, exit 2, no traceback.
-USER_ERRORS = (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError)
+# Errors whose message says what to do (the input is wrong, or training diverged and the message
+# names the step and the last good checkpoint): print it, exit 2, no traceback.
+USER_ERRORS = (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError,
+               FloatingPointError)
 
 
 def setup_logging() -> None:
