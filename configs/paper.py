@@ -119,6 +119,10 @@ def apply_row(c: ml_collections.ConfigDict, method: str, row: Row) -> None:
   elif method == "edm":
     c.edm.update(dict(p_mean=-1.2, p_std=1.2))
     c.sample.update(dict(edm_levels=row.num_levels, edm_solver="heun"))
+  elif method in ("ect", "trigflow", "sct", "scd"):
+    # Their own blocks (c.ect, c.scm) come from the dataset file's overrides; the TrigFlow teacher
+    # is sampled by the EDM ODE solver over the row's levels.
+    c.sample.update(dict(edm_levels=row.num_levels, edm_solver="heun"))
   else:
     raise ValueError(f"No paper recipe for method {method!r}.")
   # The library knows ict_deep as ict with a deeper network (set by the dataset file).

@@ -45,7 +45,7 @@ def test_every_paper_config_builds(file, arg):
   for runlocal in ("", ",runlocal"):
     c = get(file, arg + runlocal)
     assert c.data.random_flip  # "random horizontal flips everywhere"
-    assert c.method in ("edm", "cd", "ct", "ict")
+    assert c.method in ("edm", "cd", "ct", "ict", "ect", "trigflow", "sct", "scd")
     assert c.model.name == ("ncsnpp" if file == "cifar10" else "adm")
   # The runlocal shrink builds its network and method and traces its sharded state.
   c = get(file, arg + ",runlocal")
@@ -124,7 +124,7 @@ def test_cifar10_network_is_the_released_ncsnpp():
 
 @pytest.mark.parametrize("file,arg,message", [
     ("cifar10", "", r"needs a method: --config=configs/cifar10\.py:method=edm\|cd\|ct\|ict"),
-    ("cifar10", "method=sct", r"Unknown method 'sct' .*edm, cd, ct, ict, ict_deep"),
+    ("cifar10", "method=lcm", r"Unknown method 'lcm' .*edm, cd, ct, ict, ict_deep, ect, trigflow, sct, scd"),
     ("cifar10", "method=ict,variant=release", r"method=ict has variant paper, not 'release'"),
     ("imagenet64", "method=cd,variant=fast", r"variant paper \| release, not 'fast'"),
     ("lsun256", "method=ct,category=dog", r"category='dog' is not one of bedroom, cat"),
@@ -151,7 +151,8 @@ def fake_dir(tmp_path_factory) -> str:
 # One of each network, dataset source and method, plus the release optimizer and schedule.
 # (EDM and CIFAR-10 CD run through the CLI below.)
 COVERING = [("cifar10", "method=ict_deep"), ("imagenet64", "method=cd"),
-            ("lsun256", "method=ct,variant=release,category=cat")]
+            ("lsun256", "method=ct,variant=release,category=cat"),
+            ("cifar10", "method=sct")]  # sCM's jvp through NCSN++ (FIR resampling, attention)
 STEPS = ALL if os.environ.get("CM_JAX_ALL_PAPER_STEPS") else COVERING
 
 
