@@ -57,11 +57,8 @@ ROWS["sct"] = ROWS["scd"] = ROWS["trigflow"] = paper.Row(
 METHOD_KEYS = {
     "ect": {"ect.p_mean": -1.1, "ect.p_std": 2.0, "ect.q": 2.0, "ect.k": 8.0, "ect.b": 1.0,
             "ect.stage_steps": 25_000, "ect.huber_c": 0.0},
-    "trigflow": {"scm.p_mean": -1.0, "scm.p_std": 1.4, "scm.time_scale": 1.0},
-    "sct": {"scm.p_mean": -1.0, "scm.p_std": 1.4, "scm.time_scale": 1.0,
-            "scm.warmup_steps": 10_000, "scm.tangent_norm_c": 0.1, "scm.two_step_t": 1.1},
 }
-METHOD_KEYS["scd"] = METHOD_KEYS["sct"]
+METHOD_KEYS.update(paper.scm_keys(p_mean=-1.0, p_std=1.4))
 
 # The JAX release (openai/consistency_models_cifar10 configs cifar10_ve_cd.py,
 # cifar10_ve_ct_adaptive.py): a 10M-image warm-up for both, CT at lr 2e-4 and the release's

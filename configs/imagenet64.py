@@ -53,12 +53,7 @@ ROWS = {
 ROWS["sct"] = ROWS["scd"] = ROWS["trigflow"] = paper.Row(
     learning_rate=1e-4, batch_size=2048, steps=400_000, ema_rate=EMA, bfloat16=True,
     dropout=0.2, num_levels=40)
-METHOD_KEYS = {
-    "trigflow": {"scm.p_mean": -0.8, "scm.p_std": 1.6, "scm.time_scale": 1.0},
-    "sct": {"scm.p_mean": -0.8, "scm.p_std": 1.6, "scm.time_scale": 1.0,
-            "scm.warmup_steps": 10_000, "scm.tangent_norm_c": 0.1, "scm.two_step_t": 1.1},
-}
-METHOD_KEYS["scd"] = METHOD_KEYS["sct"]
+METHOD_KEYS = paper.scm_keys(p_mean=-0.8, p_std=1.6)
 
 # The PyTorch release's cm_train.py launch lines: Adam, CT at lr 1e-4 with the release's
 # mu(k) = exp(s0 ln mu0 / (N(k) - 1)). (Its CT also starts from the EDM teacher's weights; add

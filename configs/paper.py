@@ -129,6 +129,15 @@ def apply_row(c: ml_collections.ConfigDict, method: str, row: Row) -> None:
   c.method = "ict" if method == "ict_deep" else method
 
 
+def scm_keys(p_mean: float, p_std: float) -> dict[str, dict]:
+  """The c.scm overrides of the TrigFlow teacher and of sCT / sCD (SPEC §7) for tau ~ N(p_mean,
+  p_std^2): c_noise = t, tangent warm-up over 10k steps, normalisation c = 0.1, 2 steps via t = 1.1."""
+  teacher = {"scm.p_mean": p_mean, "scm.p_std": p_std, "scm.time_scale": 1.0}
+  consistency = {**teacher, "scm.warmup_steps": 10_000, "scm.tangent_norm_c": 0.1,
+                 "scm.two_step_t": 1.1}
+  return {"trigflow": teacher, "sct": consistency, "scd": consistency}
+
+
 def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> None:
   """Flattened `{'optim.learning_rate': 1e-4, ...}` onto `c` (unknown keys are errors)."""
   c.update_from_flattened_dict(dict(overrides))

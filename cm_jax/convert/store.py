@@ -7,34 +7,24 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import flax.serialization
 import jax
 import numpy as np
 
+from cm_jax import files
+
 PARAMS_FILE = "params.msgpack"
 META_FILE = "meta.json"
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def save(dst: str, params: Any, meta: dict) -> None:
   os.makedirs(dst, exist_ok=True)
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-  _atomic_write(os.path.join(dst, PARAMS_FILE), flax.serialization.msgpack_serialize(params))
-  _atomic_write(os.path.join(dst, META_FILE), json.dumps(meta, indent=2).encode())
+  files.write_atomically(os.path.join(dst, PARAMS_FILE),
+                         flax.serialization.msgpack_serialize(params))
+  files.write_atomically(os.path.join(dst, META_FILE), json.dumps(meta, indent=2).encode())
 
 
 def load(path: str, kind: str, template: Any, command: str) -> tuple[Any, dict]:

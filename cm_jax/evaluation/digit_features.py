@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -22,6 +21,8 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cm_jax import files
 import optax
 
 from cm_jax.evaluation.frechet import frechet_distance, stats_from_features
@@ -253,23 +254,10 @@ def load_or_train(cache_dir: str, train_images: np.ndarray, train_labels: np.nda
                     'retraining', RuntimeWarning, stacklevel=2)
   net = train_digit_classifier(x, y, seed=seed, steps=steps, num_classes=num_classes)
   try:
-    _write_atomically(path, flax.serialization.to_bytes(net.params))
+    files.write_atomically(path, flax.serialization.to_bytes(net.params))
   except OSError as e:  # an unwritable cache costs a retrain next time, not this evaluation
     warnings.warn(f'could not cache digit features at {path}: {e}', RuntimeWarning, stacklevel=2)
   return net
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def quality_report(net: DigitFeatureNet, samples: np.ndarray, reference_images: np.ndarray,
