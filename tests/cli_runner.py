@@ -1,7 +1,10 @@
-"""Runs the real CLIs (`python -m cm_jax.train` / `cm_jax.sample`) in subprocesses."""
+"""Runs the real CLIs (`python -m cm_jax.train` / `cm_jax.sample`) in subprocesses, and reads
+back the state a run left in its workdir."""
 import subprocess
 import sys
 
+from cm_jax import checkpoint
+from cm_jax.train.experiment import Experiment
 from tests import REPO_ROOT, subprocess_env
 
 
@@ -22,3 +25,12 @@ def train(workdir, config="configs/digits.py:method=ict,runlocal", *overrides, *
 
 def sample(workdir, *args, **kw):
   return run_cli("cm_jax.sample", f"--workdir={workdir}", *args, **kw)
+
+
+def restore(workdir):
+  """(TrainState, meta) of the latest checkpoint in `workdir`, restored with its own config."""
+  exp = Experiment.from_config(checkpoint.load_config(str(workdir)))
+  ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
+  state, meta = ckpt.restore(exp.abstract_state())
+  ckpt.close()
+  return state, meta

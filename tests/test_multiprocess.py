@@ -24,6 +24,7 @@ from cm_jax.data import pipeline
 from cm_jax.train.experiment import Experiment
 from configs import digits
 from tests import REPO_ROOT, subprocess_env
+from tests.cli_runner import restore
 
 CONFIG = "configs/digits.py:method=ict,runlocal"
 STEPS = 30  # long enough that a SIGTERM after step 1-3 lands mid-run
@@ -53,14 +54,6 @@ def finish(proc, timeout=600) -> str:
   out, _ = proc.communicate(timeout=timeout)
   assert proc.returncode == 0, out[-4000:]
   return out
-
-
-def restore(workdir):
-  exp = Experiment.from_config(checkpoint.load_config(str(workdir)))
-  ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
-  state, meta = ckpt.restore(exp.abstract_state())
-  ckpt.close()
-  return state, meta
 
 
 def assert_same_state(a, b, atol):

@@ -1,6 +1,5 @@
 """SIGTERM mid-training saves a checkpoint and exits; the resumed run ends bit-identical to an
 uninterrupted one (params, EMA, optimizer state, step, RNG: the data position is the step)."""
-import os
 import signal
 import subprocess
 import sys
@@ -8,23 +7,13 @@ import sys
 import jax
 import numpy as np
 
-from cm_jax import checkpoint
-from cm_jax.train.experiment import Experiment
 from tests import REPO_ROOT, subprocess_env
-from tests.cli_runner import train
+from tests.cli_runner import restore, train
 
 CONFIG = "configs/digits.py:method=ct,runlocal"
 OVERRIDES = ("--config.train.num_steps=200", "--config.train.log_every=1",
              "--config.train.save_every=1000", "--config.train.sample_every=1000",
              "--config.eval.report_at_end=False")
-
-
-def restore(workdir):
-  exp = Experiment.from_config(checkpoint.load_config(str(workdir)))
-  ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
-  state, meta = ckpt.restore(exp.abstract_state())
-  ckpt.close()
-  return state, meta
 
 
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
