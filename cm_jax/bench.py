@@ -9,7 +9,10 @@ network, method, optimizer, EMA and target updates) on random data, and 1-step s
                         others wait for CPU)
   img_per_s_per_device  global batch / step_s / devices
   flops_per_step        XLA's own count for the compiled step (compiled.cost_analysis()["flops"];
-                        on several devices, the per-device program's)
+                        on several devices, the per-device program's). On CPU, the count for the
+                        step compiled with lax convolutions (layers.plain_convs): the CPU conv
+                        rewrites that run also multiply at padding positions, which are not the
+                        network's work; `flops_per_step_executed` is the running program's count
   peak_flops            one device's peak FLOP/s: a table by device kind on GPU/TPU (dense, the
                         config's compute dtype), measured on CPU by a large matmul in that dtype
   peak_fraction         flops_per_step / step_s / peak_flops
@@ -19,7 +22,9 @@ network, method, optimizer, EMA and target updates) on random data, and 1-step s
   peak_memory_bytes     GPU/TPU: the device's peak_bytes_in_use after the steps; CPU: XLA's
                         compiled memory_analysis of the step (arguments + outputs - aliased +
                         temporaries), `peak_memory_source` says which; `process_max_rss_bytes`
-                        is the process's peak resident set besides
+                        is the process's peak resident set besides; on CPU,
+                        `memory_analysis_plain_convs` is the same analysis of the step with lax
+                        convolutions, the program a GPU would compile
   sample_img_per_s      1-step sampling f(T z, T) in eval mode, same batch size
 
 `--steps=0` compiles from abstract shapes (nothing allocated) and reports the FLOP and memory
@@ -142,6 +147,7 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
   import numpy as np
 
   from cm_jax import distances, models, parallel
+  from cm_jax.models import layers
   from cm_jax.train.experiment import Experiment
   from cm_jax.train.step import make_train_step
 
@@ -183,13 +189,23 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
   if hasattr(exp, "state_sharding"):
     kwargs = dict(skip_nonfinite=bool(config.train.get("skip_nonfinite", False)),
                   state_sharding=exp.state_sharding())
-  step = make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh, **kwargs)
+  build = lambda: make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh, **kwargs)
 
   t = time.perf_counter()
-  compiled = step.lower(state, batch, frozen).compile()
+  compiled = build().lower(state, batch, frozen).compile()
   compile_s = time.perf_counter() - t
-  flops = _flops(compiled)
+  flops = executed_flops = _flops(compiled)
   mem = _memory_analysis(compiled)
+  mem_plain = None
+  if platform == "cpu":
+    # The CPU conv rewrites (models/layers.py) also multiply at padding positions, so XLA's
+    # count for the program that runs overstates the network's work by a few percent: count
+    # the same step written with lax convolutions instead, which is also the program a GPU
+    # compiles (its memory figure is reported beside).
+    with layers.plain_convs():
+      plain = build().lower(state, batch, frozen).compile()
+    flops, mem_plain = _flops(plain), _memory_analysis(plain)
+    del plain
 
   step_s, times, cpu_times = None, [], []
   if steps > 0:
@@ -260,14 +276,14 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
       "compile_s": compile_s,
       "step_s": step_s, "step_times_s": times,
       "img_per_s_per_device": None if step_s is None else batch_size / step_s / devices,
-      "flops_per_step": flops,
+      "flops_per_step": flops, "flops_per_step_executed": executed_flops,
       "peak_flops": peak, "peak_flops_source": peak_source,
       "achieved_flops": None if step_s is None else flops / step_s,
       "peak_fraction": None if step_s is None else flops / step_s / peak,
       "peak_fraction_best": None if step_s is None else flops / min(times) / peak,
       "peak_fraction_cpu_time": cpu_fraction, "step_cpu_s": cpu_times,
       "peak_memory_bytes": peak_memory, "peak_memory_source": memory_source,
-      "memory_analysis": mem,
+      "memory_analysis": mem, "memory_analysis_plain_convs": mem_plain,
       "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "sample_img_per_s": sample_img_per_s, "sample_compile_s": sample_compile_s,
       "notes": notes,
@@ -287,7 +303,9 @@ def format_table(r: dict) -> str:
       ("compile", f"{r['compile_s']:.1f} s"),
       ("step", "-" if r["step_s"] is None else f"{r['step_s'] * 1e3:.1f} ms"),
       ("img/s per device", num(r["img_per_s_per_device"], ".2f")),
-      ("FLOPs per step", f"{r['flops_per_step']:.4g}"),
+      ("FLOPs per step", f"{r['flops_per_step']:.4g}"
+       + ("" if r["flops_per_step_executed"] == r["flops_per_step"]
+          else f" (the CPU program runs {r['flops_per_step_executed']:.4g})")),
       ("achieved FLOP/s", num(r["achieved_flops"], ".4g")),
       ("peak FLOP/s", f"{r['peak_flops']:.4g} ({r['peak_flops_source']})"),
       ("peak fraction", num(r["peak_fraction"], ".1%")
@@ -296,6 +314,8 @@ def format_table(r: dict) -> str:
        + ("" if r["peak_fraction_cpu_time"] is None
           else f" (per CPU-second: {r['peak_fraction_cpu_time']:.1%})")),
       ("peak memory", f"{gib(r['peak_memory_bytes'])} ({r['peak_memory_source']})"),
+      ("peak memory, lax convs", "-" if not r["memory_analysis_plain_convs"]
+       else gib(r["memory_analysis_plain_convs"]["total_bytes"])),
       ("process max RSS", gib(r["process_max_rss_bytes"])),
       ("1-step sampling", "-" if r["sample_img_per_s"] is None
        else f"{r['sample_img_per_s']:.2f} img/s"),

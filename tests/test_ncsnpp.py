@@ -151,23 +151,31 @@ def test_class_conditional_without_labels_is_an_error():
     models.create_model(c.model, c.data)
 
 
-def test_cpu_conv_with_tap_weight_gradient_matches_lax():
-  """layers.cpu_fast_conv (what the paper networks' 3x3 convs call): the same values, gradients
-  and forward-mode tangents as lax.conv_general_dilated, second order included."""
+@pytest.mark.parametrize("kernel,side,route", [(3, 32, "custom_jvp"), (3, 8, "custom_jvp"),
+                                               (3, 4, "conv_general_dilated"), (1, 16, "dot_general")])
+def test_cpu_conv_rewrites_match_lax(kernel, side, route):
+  """layers.cpu_fast_conv (what the paper networks' convs call): 3x3 maps of >= 8x8 through the
+  matmul-gradient custom_jvp, 1x1 through a matmul, smaller maps through lax; the same values,
+  gradients and forward-mode tangents as lax.conv_general_dilated, second order included; and
+  layers.plain_convs() turns the rewrites off."""
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-  x = jax.random.normal(k1, (2, 32, 32, 4))
-  w = jax.random.normal(k2, (3, 3, 4, 5))
-  g = jax.random.normal(k3, (2, 32, 32, 5))
+  x = jax.random.normal(k1, (2, side, side, 4))
+  w = jax.random.normal(k2, (kernel, kernel, 4, 5))
+  g = jax.random.normal(k3, (2, side, side, 5))
   dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
   ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
   fast = lambda x, w: layers.cpu_fast_conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
-  assert "custom_jvp" in str(jax.make_jaxpr(fast)(x, w))   # the tap path is taken on CPU
+  assert route in str(jax.make_jaxpr(fast)(x, w))   # the route taken on CPU
+  with layers.plain_convs():   # traced afresh (jax caches traces per function)
+    plain = str(jax.make_jaxpr(lambda x, w: fast(x, w))(x, w))
+  assert "conv_general_dilated" in plain and "custom_jvp" not in plain and "dot_general" not in plain
 
   def derivatives(conv):
     grads = jax.grad(lambda x, w: jnp.sum(conv(x, w) * g), argnums=(0, 1))(x, w)
     tangent = jax.jvp(conv, (x, w), (0.3 * x, 0.2 * w))[1]
+    only_x = jax.jvp(lambda x: conv(x, w), (x,), (0.3 * x,))[1]    # sCM's kind of JVP
     second = jax.grad(lambda w: jnp.sum(jax.jvp(lambda x: conv(x, w), (x,), (x,))[1] ** 2))(w)
-    return conv(x, w), grads, tangent, second
+    return conv(x, w), grads, tangent, only_x, second
   a, b = jax.jit(lambda: derivatives(fast))(), jax.jit(lambda: derivatives(ref))()
   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4 * float(jnp.abs(v).max()))

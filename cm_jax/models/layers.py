@@ -1,6 +1,7 @@
 """Building blocks shared by the networks."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -222,60 +223,89 @@ class MultiHeadAttention(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# A 3x3 convolution whose weight gradient XLA:CPU computes fast.
+# Convolutions whose gradients XLA:CPU computes at matmul speed.
 #
-# XLA:CPU runs a 3x3 conv and its input gradient near matmul speed, but lowers the weight
-# gradient (a conv with a 32x32 "kernel" and a 3x3 output) ~4x slower than a matmul of the same
-# FLOPs at 32x32 and above -- the biggest single cost of an NCSN++ train step on a CPU. Here the
-# weight tangent is written as nine shifted matmuls, sum_ij shift_ij(x) @ dw[i, j], whose
-# transpose (what reverse mode runs) is nine matmuls shift_ij(x)^T @ g at ~2.5x the speed of
-# XLA's weight-gradient conv. A custom_jvp, not a custom_vjp, so forward mode (sCM's jax.jvp)
-# and higher-order derivatives still work; with symbolic zeros a JVP that does not perturb the
-# weights (sCM's) costs one extra conv, as lax's own rule does. Only used on the CPU backend:
-# GPUs and TPUs get lax.conv_general_dilated unchanged.
+# XLA:CPU runs a 3x3 conv forward near matmul speed, but its weight gradient (a conv with a
+# whole-map "kernel" and a 3x3 output) at about a third of it, and its input gradient below the
+# forward's speed: on an NCSN++ step that was the biggest single cost. Here the primal stays
+# lax's conv, and the tangent is written as one matmul against all nine taps followed by a
+# shifted sum,  conv(x, w) = sum_ij shift_ij(x @ W[i, j]),  which is linear in (x, w). Reverse
+# mode transposes it into one "nine shifted copies of g" loop and two large matmuls (dx =
+# G9 @ W_all^T, dw = x^T @ G9), ~90% of the matmul peak instead of ~35% (64 x 32 x 32 x 256
+# maps). A custom_jvp, not a custom_vjp, so forward mode (sCM's jax.jvp) and higher derivatives
+# still work; with symbolic zeros a JVP that does not perturb the weights (sCM's) costs one
+# matmul. A 1x1 conv is simply a matmul. Only used on the CPU backend: GPUs and TPUs get
+# lax.conv_general_dilated unchanged.
 # ---------------------------------------------------------------------------------------------
 
-TAP_GRAD_MIN_PIXELS = 32 * 32   # below this XLA's own weight-gradient conv is as fast
+CONV3X3_MIN_PIXELS = 8 * 8   # on smaller maps the shifted sum's overhead outweighs the gain
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_cpu_rewrites = [True]
+
+
+@contextlib.contextmanager
+def plain_convs():
+  """Within this block, networks traced use lax.conv_general_dilated on every backend: how the
+  benchmark counts a network's own FLOPs (the rewrites also multiply at padding positions) and
+  compiles the program a GPU would run."""
+  _cpu_rewrites.append(False)
+  try:
+    yield
+  finally:
+    _cpu_rewrites.pop()
 
 
 def _lax_conv3x3(x, w):
   return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC)
 
 
-def _shifted_matmuls(x, dw):
-  """sum_ij shift_ij(pad(x)) @ dw[i, j]: the 3x3 'SAME' convolution, linear in dw."""
-  b, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+def _taps_matmul(x, w):
+  """[B, H, W, Cin] x [3, 3, Cin, Cout] -> [B, H, W, 9 Cout]: x @ w[i, j] for every tap (i, j)
+  in row-major order along the last axis."""
+  b, h, wd, c = x.shape
+  w_all = jnp.transpose(w, (2, 0, 1, 3)).reshape(c, 9 * w.shape[-1])
+  return jnp.dot(x.reshape(b * h * wd, c), w_all).reshape(b, h, wd, 9 * w.shape[-1])
+
+
+def _shifted_tap_sum(y):
+  """out[b, p, q] = sum_ij y_ij[b, p + i - 1, q + j - 1] (zero outside): a 'SAME' 3x3 conv given
+  every tap's product y = [y_00, ..., y_22] from _taps_matmul.
+
+  Written as a split and nine shifting pads so that its transpose (reverse mode) is nine
+  shifting pads and one concatenate, a single cheap loop over the cotangent. The optimization
+  barrier makes XLA compute the cotangent once instead of fusing it into that loop nine times."""
+  y = jax.lax.optimization_barrier(y)
+  parts = jax.lax.split(y, [y.shape[-1] // 9] * 9, axis=3)
+  zero = jnp.zeros((), y.dtype)
   out = None
-  for i in range(3):
-    for j in range(3):
-      term = xp[:, i:i + h, j:j + w, :].reshape(b * h * w, c) @ dw[i, j]
-      out = term if out is None else out + term
-  return out.reshape(b, h, w, dw.shape[-1])
+  for k, part in enumerate(parts):   # y_ij placed at offset (2 - i, 2 - j) of an (H+2, W+2) map
+    i, j = divmod(k, 3)
+    term = jax.lax.pad(part, zero, [(0, 0, 0), (2 - i, i, 0), (2 - j, j, 0), (0, 0, 0)])
+    out = term if out is None else out + term
+  return out[:, 1:-1, 1:-1, :]
 
 
 @jax.custom_jvp
-def conv3x3_tapgrad(x, w):
+def conv3x3_matmul_grads(x, w):
   """[B, H, W, Cin] x [3, 3, Cin, Cout] -> [B, H, W, Cout], 'SAME' padding, stride 1."""
   return _lax_conv3x3(x, w)
 
 
-def _conv3x3_tapgrad_jvp(primals, tangents):
+def _conv3x3_matmul_grads_jvp(primals, tangents):
   x, w = primals
   dx, dw = tangents
   y = _lax_conv3x3(x, w)
   zero = jax.custom_derivatives.SymbolicZero
-  out = None
+  taps = None
   if not isinstance(dx, zero):
-    out = _lax_conv3x3(dx, w)
+    taps = _taps_matmul(dx, w)
   if not isinstance(dw, zero):
-    term = _shifted_matmuls(x, dw)
-    out = term if out is None else out + term
-  return y, (jnp.zeros_like(y) if out is None else out)
+    term = _taps_matmul(x, dw)
+    taps = term if taps is None else taps + term
+  return y, (jnp.zeros_like(y) if taps is None else _shifted_tap_sum(taps))
 
 
-conv3x3_tapgrad.defjvp(_conv3x3_tapgrad_jvp, symbolic_zeros=True)
+conv3x3_matmul_grads.defjvp(_conv3x3_matmul_grads_jvp, symbolic_zeros=True)
 
 
 def _is_nhwc(dimension_numbers, ndim: int) -> bool:
@@ -286,20 +316,32 @@ def _is_nhwc(dimension_numbers, ndim: int) -> bool:
   return got == want
 
 
+def _conv1x1_as_dot(x, w):
+  """A 1x1 stride-1 conv is a matmul over channels. XLA:CPU lowers the weight gradient of a 1x1
+  conv as a conv with a whole-map "kernel" behind two layout transposes, many times slower per
+  FLOP than the matmul x^T @ g that a dot's gradient is."""
+  b, h, w_, c = x.shape
+  return jnp.dot(x.reshape(b * h * w_, c), w[0, 0]).reshape(b, h, w_, w.shape[-1])
+
+
 def cpu_fast_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                   dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """lax.conv_general_dilated's signature (what flax's nn.Conv calls); on the CPU backend a
-  stride-1 'SAME' 3x3 NHWC conv on a map of >= TAP_GRAD_MIN_PIXELS pixels goes through
-  `conv3x3_tapgrad` (same values, faster weight gradient). Everything else is unchanged."""
+  """lax.conv_general_dilated's signature (what flax's nn.Conv calls). On the CPU backend a
+  stride-1 'SAME' 3x3 NHWC conv on a map of >= CONV3X3_MIN_PIXELS pixels goes through
+  `conv3x3_matmul_grads`, and a stride-1 unpadded 1x1 NHWC conv through a matmul (same values,
+  faster weight gradients). Everything else is unchanged."""
   ones = lambda d: d is None or all(int(v) == 1 for v in d)
-  same = padding == "SAME" or (not isinstance(padding, str)
-                               and [tuple(p) for p in padding] == [(1, 1), (1, 1)])
-  if (jax.default_backend() == "cpu" and lhs.ndim == 4 and tuple(rhs.shape[:2]) == (3, 3)
-      and all(int(s) == 1 for s in window_strides) and same and ones(lhs_dilation)
-      and ones(rhs_dilation) and feature_group_count == 1 and precision is None and not kwargs
-      and _is_nhwc(dimension_numbers, 4)
-      and lhs.shape[1] * lhs.shape[2] >= TAP_GRAD_MIN_PIXELS):
-    return conv3x3_tapgrad(lhs, rhs)
+  pads = None if isinstance(padding, str) else [tuple(p) for p in padding]
+  eligible = (_cpu_rewrites[-1] and jax.default_backend() == "cpu" and lhs.ndim == 4
+           and all(int(s) == 1 for s in window_strides) and ones(lhs_dilation)
+           and ones(rhs_dilation) and feature_group_count == 1 and precision is None
+           and not kwargs and _is_nhwc(dimension_numbers, 4))
+  if eligible and tuple(rhs.shape[:2]) == (1, 1) and (padding in ("SAME", "VALID")
+                                                   or pads == [(0, 0), (0, 0)]):
+    return _conv1x1_as_dot(lhs, rhs)
+  if (eligible and tuple(rhs.shape[:2]) == (3, 3) and (padding == "SAME" or pads == [(1, 1), (1, 1)])
+      and lhs.shape[1] * lhs.shape[2] >= CONV3X3_MIN_PIXELS):
+    return conv3x3_matmul_grads(lhs, rhs)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
