@@ -46,6 +46,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       use_scale_shift_norm=False,  # adm: ImageNet 64 True, LSUN 256 False
       resblock_updown=True,   # adm: resample inside residual blocks
       dtype="float32",        # compute dtype: float32 | bfloat16 (params, optimizer, EMA stay fp32)
+      remat="none",           # ncsnpp / adm blocks: none | dots (keep conv/matmul outputs,
+                              # recompute norms and activations) | full (keep block inputs)
   ))
 
   # Consistency training, shared by CT and iCT (SPEC §3-§5); the method fills in its defaults.

@@ -22,6 +22,10 @@ def test_bench_cli_writes_sane_json(tmp_path):
   assert abs(r["img_per_s_per_device"] - 4 / r["step_s"]) < 1e-6 * r["img_per_s_per_device"]
   assert math.isclose(r["peak_fraction"], r["flops_per_step"] / r["step_s"] / r["peak_flops"])
   assert r["flops_per_step"] > 1e6   # XLA counted the network's convolutions
+  # the CPU program (conv rewrites) runs at least the network's own FLOPs; the lax-conv
+  # program's memory is analysed too
+  assert r["flops_per_step_executed"] >= r["flops_per_step"]
+  assert r["memory_analysis_plain_convs"]["total_bytes"] > 0
 
 
 def test_bench_cli_bad_input_is_a_clear_error():

@@ -136,6 +136,8 @@ def test_jvp_through_the_network():
     (dict(attn_resolutions=(4,)), "never occur"),
     (dict(dtype="float16"), "Unknown model.dtype"),
     (dict(channel_mult=(1, 2, 2, 2, 2, 2)), "does not fit"),
+    (dict(remat="some"), "Unknown model.remat"),
+    (dict(name="tiny", remat="dots"), "tiny network has no remat"),
 ])
 def test_bad_settings_are_clear_errors(change, message):
   c = small_config(resolution=16)
@@ -179,3 +181,30 @@ def test_cpu_conv_rewrites_match_lax(kernel, side, route):
   a, b = jax.jit(lambda: derivatives(fast))(), jax.jit(lambda: derivatives(ref))()
   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4 * float(jnp.abs(v).max()))
+
+
+@pytest.mark.parametrize("name", ["ncsnpp", "adm"])
+def test_remat_changes_memory_not_results(name):
+  """model.remat (jax.checkpoint around every residual and attention block) keeps the parameter
+  names and gives the same loss and gradients, dropout included; the backward pass of 'full'
+  recomputes the blocks (remat in the jaxpr)."""
+  data = small_config(name).data
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+  t = jnp.array([-0.5, 0.7])
+  labels = jnp.array([1, 3])
+  params = perturbed_params(models.create_model(small_config(name).model, data), data)
+
+  def loss_and_grads(remat):
+    net = models.make_net(models.create_model(small_config(name, remat=remat).model, data))
+    loss = lambda p: jnp.mean(net(p, x, t, labels, True, jax.random.PRNGKey(2)) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params), jax.make_jaxpr(jax.grad(loss))(params)
+
+  (ref, ref_grads), _ = loss_and_grads("none")
+  for remat in ("dots", "full"):
+    (value, grads), jaxpr = loss_and_grads(remat)
+    assert "remat" in str(jaxpr) or "checkpoint" in str(jaxpr)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)   # same parameter names
+    np.testing.assert_allclose(value, ref, rtol=1e-5)
+    scale = max(float(jnp.abs(r).max()) for r in jax.tree.leaves(ref_grads))
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):   # some are ~0: noise
+      np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * scale)

@@ -40,8 +40,16 @@ def create_model(model_config, data_config) -> nn.Module:
   _check_common(mc, data_config)
   dtype = layers.compute_dtype(str(mc.get("dtype", "float32")))
   num_classes = int(data_config.num_classes) if mc.class_conditional else 0
+  remat = str(mc.get("remat", "none"))
+  if remat not in layers.REMAT_MODES:
+    raise ValueError(f"Unknown model.remat {remat!r}; choose one of "
+                     f"{', '.join(layers.REMAT_MODES)} (dots: recompute norms and activations in "
+                     "the backward pass; full: recompute whole blocks).")
   out_channels = int(data_config.channels)
   if mc.name == "tiny":
+    if remat != "none":
+      raise ValueError("model.remat applies to the paper networks (ncsnpp, adm); the tiny "
+                       "network has no remat: set model.remat=none.")
     return tiny.TinyUNet(
         out_channels=out_channels, channels=int(mc.channels),
         channel_mult=tuple(mc.channel_mult), num_res_blocks=int(mc.num_res_blocks),
@@ -53,7 +61,7 @@ def create_model(model_config, data_config) -> nn.Module:
                 channel_mult=tuple(int(m) for m in mc.channel_mult),
                 num_res_blocks=int(mc.num_res_blocks),
                 attn_resolutions=tuple(int(r) for r in mc.attn_resolutions),
-                dropout=float(mc.dropout), num_classes=num_classes, dtype=dtype)
+                dropout=float(mc.dropout), num_classes=num_classes, dtype=dtype, remat=remat)
   size = int(data_config.resolution)
   ncsnpp.check_resolutions(mc.name, (size, size), len(common["channel_mult"]),
                            common["attn_resolutions"])

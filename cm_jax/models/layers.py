@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -83,6 +84,26 @@ def compute_dtype(name: str):
     raise ValueError(f"Unknown model.dtype {name!r}; choose one of {', '.join(DTYPES)} "
                      "(parameters, optimizer state and EMA stay float32 either way).")
   return DTYPES[name]
+
+
+REMAT_MODES = ("none", "dots", "full")
+
+
+@functools.lru_cache(maxsize=None)
+def rematerialised(cls, mode: str, static_argnums: tuple = ()):
+  """`cls` under jax.checkpoint: 'dots' keeps its convolution and matmul outputs for the backward
+  pass and recomputes the rest (norms, activations, softmax: cheap, and most of the memory);
+  'full' keeps only its inputs and recomputes the whole block (one more forward pass).
+  static_argnums count `self` as 0. The class keeps its name, so parameter names, checkpoints
+  and converted weights are the same in every mode."""
+  if mode not in REMAT_MODES:
+    raise ValueError(f"Unknown model.remat {mode!r}; choose one of {', '.join(REMAT_MODES)}.")
+  if mode == "none":
+    return cls
+  policy = jax.checkpoint_policies.dots_saveable if mode == "dots" else None
+  wrapped = nn.remat(cls, policy=policy, static_argnums=static_argnums)
+  wrapped.__name__ = cls.__name__
+  return wrapped
 
 
 def fan_avg_uniform(scale: float = 1.0):

@@ -73,6 +73,7 @@ class NCSNpp(nn.Module):
   fourier_scale: float = 16.0              # CM 16; iCT 0.02
   num_classes: int = 0                     # > 0: a label embedding is added to the time embedding
   dtype: jnp.dtype = jnp.float32           # compute dtype; parameters are float32
+  remat: str = "none"                      # none | dots | full (layers.rematerialised)
 
   @nn.compact
   def __call__(self, x, noise, labels: Optional[jnp.ndarray] = None, train: bool = False):
@@ -91,8 +92,10 @@ class NCSNpp(nn.Module):
         raise ValueError("This model is class-conditional: pass labels.")
       emb = emb + nn.Embed(self.num_classes, 4 * nf, param_dtype=jnp.float32)(labels)
     emb = emb.astype(dt)
-    block = lambda **kw: BigGANResBlock(dropout=self.dropout, dtype=dt, **kw)
-    attn = lambda: layers.MultiHeadAttention(skip_rescale=True, dtype=dt)
+    block_cls = layers.rematerialised(BigGANResBlock, self.remat, (3,))   # train is static
+    attn_cls = layers.rematerialised(layers.MultiHeadAttention, self.remat)
+    block = lambda **kw: block_cls(dropout=self.dropout, dtype=dt, **kw)
+    attn = lambda: attn_cls(skip_rescale=True, dtype=dt)
 
     x = x.astype(dt)
     pyramid = x                                                            # progressive_input

@@ -101,6 +101,7 @@ class ADMUNet(nn.Module):
   num_classes: int = 0
   time_scale: float = 1000.0    # the release feeds 1000 * 0.25 ln sigma
   dtype: jnp.dtype = jnp.float32
+  remat: str = "none"           # none | dots | full (layers.rematerialised)
 
   @nn.compact
   def __call__(self, x, noise, labels: Optional[jnp.ndarray] = None, train: bool = False):
@@ -118,10 +119,12 @@ class ADMUNet(nn.Module):
         raise ValueError("This model is class-conditional: pass labels.")
       emb = emb + nn.Embed(self.num_classes, 4 * mc, param_dtype=jnp.float32)(labels)
     emb = emb.astype(dt)
-    block = lambda **kw: ADMResBlock(use_scale_shift_norm=self.use_scale_shift_norm,
-                                     dropout=self.dropout, dtype=dt, **kw)
-    attn = lambda: layers.MultiHeadAttention(head_channels=self.num_head_channels, groups=32,
-                                             epsilon=_EPS, dtype=dt)
+    block_cls = layers.rematerialised(ADMResBlock, self.remat, (3,))   # train is static
+    attn_cls = layers.rematerialised(layers.MultiHeadAttention, self.remat)
+    block = lambda **kw: block_cls(use_scale_shift_norm=self.use_scale_shift_norm,
+                                   dropout=self.dropout, dtype=dt, **kw)
+    attn = lambda: attn_cls(head_channels=self.num_head_channels, groups=32, epsilon=_EPS,
+                            dtype=dt)
     num_levels = len(self.channel_mult)
 
     h = layers.conv(mc * self.channel_mult[0], 3, dtype=dt)(x.astype(dt))
