@@ -33,6 +33,7 @@ RUNTIME_KEYS = (
     "train.log_every", "train.save_every", "train.keep_checkpoints", "train.sample_every",
     "train.num_grid_samples", "data.data_dir", "data.num_workers", "eval.",
     "train.skip_nonfinite", "parallel.",  # the layout over devices, not the mathematics
+    "model.remat",                        # memory against recomputation, same results
 )
 
 

@@ -34,3 +34,12 @@ def test_resume_accepts_new_keys_at_default_but_not_a_changed_value(tmp_path):
   config.model.dtype = "bfloat16"
   with pytest.raises(checkpoint.CheckpointError, match="model.dtype"):
     checkpoint.check_or_write_config(str(tmp_path), config)
+
+
+def test_resume_may_change_remat(tmp_path):
+  """model.remat trades memory for recomputation with the same results: a resume may change it
+  (a workdir from before the key existed counts as 'none')."""
+  config = _write_old_workdir(tmp_path, drop=("model.remat",))
+  config.model.remat = "full"
+  checkpoint.check_or_write_config(str(tmp_path), config)
+  assert json.loads((tmp_path / checkpoint.CONFIG_FILE).read_text())["model"]["remat"] == "full"

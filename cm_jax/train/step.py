@@ -33,7 +33,7 @@ def make_train_step(method, tx: optax.GradientTransformation, ema_rate: float, m
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
         state.params, state.target_params, batch, rng, state.step, frozen)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
