@@ -80,10 +80,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # iCT-deep doubles the depth: 8 residual blocks per level instead of 4.
   paper.ncsnpp(c, fourier_scale=0.02 if is_ict else 16.0,
                num_res_blocks=8 if args.method == "ict_deep" else 4)
-  paper.apply_row(c, args.method, ROWS[args.method])
-  paper.apply_overrides(c, METHOD_KEYS.get(args.method, {}))
-  if args.variant == "release":
-    paper.apply_overrides(c, RELEASE[args.method])
-  if args.runlocal:
-    paper.runlocal(c)
-  return c
+  return paper.finish(c, args, ROWS[args.method], METHOD_KEYS, RELEASE)

@@ -71,10 +71,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   paper.dataset(c, "imagenet_resized/64x64", resolution=64, num_classes=1000)
   paper.adm(c, channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
             use_scale_shift_norm=True, class_conditional=True)
-  paper.apply_row(c, args.method, ROWS[args.method])
-  paper.apply_overrides(c, METHOD_KEYS.get(args.method, {}))
-  if args.variant == "release":
-    paper.apply_overrides(c, RELEASE[args.method])
-  if args.runlocal:
-    paper.runlocal(c)
-  return c
+  return paper.finish(c, args, ROWS[args.method], METHOD_KEYS, RELEASE)

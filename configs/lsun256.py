@@ -62,9 +62,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   paper.dataset(c, f"lsun/{category}", resolution=256, num_classes=0, num_workers=16)
   paper.adm(c, channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
             use_scale_shift_norm=False, class_conditional=False)
-  paper.apply_row(c, args.method, rows(category)[args.method])
-  if args.variant == "release":
-    paper.apply_overrides(c, RELEASE[args.method])
-  if args.runlocal:
-    paper.runlocal(c)
-  return c
+  return paper.finish(c, args, rows(category)[args.method], release=RELEASE)

@@ -143,6 +143,19 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> None:
   c.update_from_flattened_dict(dict(overrides))
 
 
+def finish(c: ml_collections.ConfigDict, args, row: Row, method_keys: dict | None = None,
+           release: dict | None = None) -> ml_collections.ConfigDict:
+  """The common tail of every dataset file: the Table 3 row, the method's own keys, the release
+  variant's launch settings, then the `runlocal` shrink."""
+  apply_row(c, args.method, row)
+  apply_overrides(c, (method_keys or {}).get(args.method, {}))
+  if args.variant == "release":
+    apply_overrides(c, release[args.method])
+  if args.runlocal:
+    runlocal(c)
+  return c
+
+
 def ncsnpp(c: ml_collections.ConfigDict, *, fourier_scale: float, num_res_blocks: int = 4) -> None:
   """NCSN++ as CM / iCT train it on CIFAR-10 (SPEC §12): nf 128, ch_mult (2, 2, 2), attention at
   16x16 (and in the 8x8 middle), Fourier time embedding."""

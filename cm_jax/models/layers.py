@@ -125,6 +125,19 @@ def dense(features: int, *, dtype, init_scale: float = 1.0, name=None) -> nn.Den
                   param_dtype=jnp.float32, name=name)
 
 
+def time_mlp(features, width: int, num_classes: int, labels, dtype):
+  """Linear(width) -> swish -> Linear(width) on the noise features, plus a label embedding when
+  num_classes > 0, all in float32; returned in `dtype`. Called inside a network's compact
+  __call__, so its layers are the caller's Dense_0, Dense_1 and Embed_0."""
+  emb = dense(width, dtype=jnp.float32)(features)
+  emb = dense(width, dtype=jnp.float32)(nn.swish(emb))
+  if num_classes:
+    if labels is None:
+      raise ValueError("This model is class-conditional: pass labels.")
+    emb = emb + nn.Embed(num_classes, width, param_dtype=jnp.float32)(labels)
+  return emb.astype(dtype)
+
+
 def norm(channels: int, *, groups: int | None = None, epsilon: float = 1e-6, dtype) -> nn.GroupNorm:
   """GroupNorm with statistics in float32 (Flax reduces in >= float32), output in `dtype`.
 

@@ -85,13 +85,7 @@ class NCSNpp(nn.Module):
     nf, dt = self.channels, self.dtype
     num_levels = len(self.channel_mult)
     emb = FourierEmbedding(nf, self.fourier_scale)(noise)                 # [B, 2 nf]
-    emb = layers.dense(4 * nf, dtype=jnp.float32)(emb)                     # time MLP in fp32
-    emb = layers.dense(4 * nf, dtype=jnp.float32)(nn.swish(emb))
-    if self.num_classes:
-      if labels is None:
-        raise ValueError("This model is class-conditional: pass labels.")
-      emb = emb + nn.Embed(self.num_classes, 4 * nf, param_dtype=jnp.float32)(labels)
-    emb = emb.astype(dt)
+    emb = layers.time_mlp(emb, 4 * nf, self.num_classes, labels, dt)
     block_cls = layers.rematerialised(BigGANResBlock, self.remat, (3,))   # train is static
     attn_cls = layers.rematerialised(layers.MultiHeadAttention, self.remat)
     block = lambda **kw: block_cls(dropout=self.dropout, dtype=dt, **kw)

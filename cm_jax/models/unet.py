@@ -111,14 +111,8 @@ class ADMUNet(nn.Module):
     """
     check_resolutions("adm", x.shape[1:3], len(self.channel_mult), self.attn_resolutions)
     mc, dt = self.channels, self.dtype
-    emb = timestep_embedding(self.time_scale * noise, mc)
-    emb = layers.dense(4 * mc, dtype=jnp.float32)(emb)
-    emb = layers.dense(4 * mc, dtype=jnp.float32)(nn.silu(emb))
-    if self.num_classes:
-      if labels is None:
-        raise ValueError("This model is class-conditional: pass labels.")
-      emb = emb + nn.Embed(self.num_classes, 4 * mc, param_dtype=jnp.float32)(labels)
-    emb = emb.astype(dt)
+    emb = layers.time_mlp(timestep_embedding(self.time_scale * noise, mc), 4 * mc,
+                          self.num_classes, labels, dt)
     block_cls = layers.rematerialised(ADMResBlock, self.remat, (3,))   # train is static
     attn_cls = layers.rematerialised(layers.MultiHeadAttention, self.remat)
     block = lambda **kw: block_cls(use_scale_shift_norm=self.use_scale_shift_norm,
