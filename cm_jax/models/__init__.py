@@ -40,11 +40,7 @@ def create_model(model_config, data_config) -> nn.Module:
   _check_common(mc, data_config)
   dtype = layers.compute_dtype(str(mc.get("dtype", "float32")))
   num_classes = int(data_config.num_classes) if mc.class_conditional else 0
-  remat = str(mc.get("remat", "none"))
-  if remat not in layers.REMAT_MODES:
-    raise ValueError(f"Unknown model.remat {remat!r}; choose one of "
-                     f"{', '.join(layers.REMAT_MODES)} (dots: recompute norms and activations in "
-                     "the backward pass; full: recompute whole blocks).")
+  remat = layers.check_remat(str(mc.get("remat", "none")))
   out_channels = int(data_config.channels)
   if mc.name == "tiny":
     if remat != "none":

@@ -89,6 +89,15 @@ def compute_dtype(name: str):
 REMAT_MODES = ("none", "dots", "full")
 
 
+def check_remat(mode: str) -> str:
+  """`mode` if it is one of REMAT_MODES, else a clear error."""
+  if mode not in REMAT_MODES:
+    raise ValueError(f"Unknown model.remat {mode!r}; choose one of {', '.join(REMAT_MODES)} "
+                     "(dots: recompute norms and activations in the backward pass; full: "
+                     "recompute whole blocks).")
+  return mode
+
+
 @functools.lru_cache(maxsize=None)
 def rematerialised(cls, mode: str, static_argnums: tuple = ()):
   """`cls` under jax.checkpoint: 'dots' keeps its convolution and matmul outputs for the backward
@@ -96,9 +105,7 @@ def rematerialised(cls, mode: str, static_argnums: tuple = ()):
   'full' keeps only its inputs and recomputes the whole block (one more forward pass).
   static_argnums count `self` as 0. The class keeps its name, so parameter names, checkpoints
   and converted weights are the same in every mode."""
-  if mode not in REMAT_MODES:
-    raise ValueError(f"Unknown model.remat {mode!r}; choose one of {', '.join(REMAT_MODES)}.")
-  if mode == "none":
+  if check_remat(mode) == "none":
     return cls
   policy = jax.checkpoint_policies.dots_saveable if mode == "dots" else None
   wrapped = nn.remat(cls, policy=policy, static_argnums=static_argnums)
