@@ -102,6 +102,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       b2=0.999,
       eps=1e-8,
       warmup_steps=0,
+      decay="constant",       # constant | cosine | linear: after warm-up, down to
+      final_lr_fraction=0.0,  # this fraction of learning_rate at train.num_steps
       grad_clip=0.0,          # global-norm clip; 0 = off
   ))
 

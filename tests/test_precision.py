@@ -22,7 +22,7 @@ def test_bfloat16_compute_float32_params_and_output(name):
   # The same parameter tree as the float32 network (checkpoints move between the two).
   shapes32 = jax.eval_shape(lambda k: models.init_params(m32, k, c32.data), jax.random.PRNGKey(0))
   assert jax.tree.structure(params) == jax.tree.structure(shapes32)
-  tx = state_lib.create_optimizer(c16.optim)
+  tx = state_lib.create_optimizer(c16.optim, int(c16.train.num_steps))
   st = jax.eval_shape(lambda p: state_lib.init_state(p, tx, jax.random.PRNGKey(0), True), params)
   assert all(l.dtype in (jnp.float32, jnp.int32, jnp.uint32) for l in jax.tree.leaves(st))
 

@@ -69,3 +69,36 @@ def test_ict_pair_distribution_hand_computed():
 
 def test_inverse_gap_weight():
   assert float(ict.inverse_gap_weight(jnp.float32(1.0), jnp.float32(1.5))) == pytest.approx(2.0)
+
+
+def _optim(**kw):
+  from configs import base
+  oc = base.get_base_config().optim
+  oc.update(dict(learning_rate=1e-3, **kw))
+  return oc
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_learning_rate_schedules_hand_computed(decay):
+  from cm_jax.train import state
+  sched = state.learning_rate_schedule(_optim(decay=decay, warmup_steps=10,
+                                              final_lr_fraction=0.1), 110)
+  assert float(sched(0)) == 0.0
+  assert math.isclose(float(sched(5)), 5e-4, rel_tol=1e-6)
+  assert math.isclose(float(sched(10)), 1e-3, rel_tol=1e-6)
+  # Half-way through the decay: cosine and linear both sit at (1 + 0.1) / 2 of the peak.
+  assert math.isclose(float(sched(60)), 0.55e-3, rel_tol=1e-5)
+  assert math.isclose(float(sched(110)), 1e-4, rel_tol=1e-5)
+  quarter = 1e-4 + 0.9e-3 * ((1 + math.cos(math.pi / 4)) / 2 if decay == "cosine" else 0.75)
+  assert math.isclose(float(sched(35)), quarter, rel_tol=1e-5)
+
+
+def test_constant_schedule_and_bad_decay():
+  from cm_jax.train import state
+  assert state.learning_rate_schedule(_optim(), 100) == 1e-3
+  with pytest.raises(ValueError, match="optim.decay"):
+    state.learning_rate_schedule(_optim(decay="step"), 100)
+  with pytest.raises(ValueError, match="final_lr_fraction"):
+    state.learning_rate_schedule(_optim(decay="cosine", final_lr_fraction=2.0), 100)
+  with pytest.raises(ValueError, match="warmup_steps"):
+    state.learning_rate_schedule(_optim(decay="linear", warmup_steps=100), 100)

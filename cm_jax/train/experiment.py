@@ -36,7 +36,7 @@ class Experiment:
     shape = models.sample_shape(config.data)
     return cls(config=config, module=module, net=net,
                method=methods.create_method(config, net, shape),
-               tx=state_lib.create_optimizer(config.optim),
+               tx=state_lib.create_optimizer(config.optim, int(config.train.num_steps)),
                levels=karras.NoiseLevels.from_config(config.karras),
                sample_shape=shape,
                mesh=mesh or parallel.create_mesh(fsdp=int(config.parallel.fsdp)))

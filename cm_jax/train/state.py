@@ -19,10 +19,37 @@ class TrainState:
   rng: jnp.ndarray             # uint32 [2]; folded with the step inside the train step
 
 
-def create_optimizer(optim_config) -> optax.GradientTransformation:
+DECAYS = ("constant", "cosine", "linear")
+
+
+def learning_rate_schedule(optim_config, total_steps: int):
+  """Linear warm-up over optim.warmup_steps, then optim.decay: constant, or cosine / linear from
+  the peak down to optim.final_lr_fraction of it at step `total_steps` (train.num_steps)."""
   oc = optim_config
-  lr = float(oc.learning_rate)
-  schedule = optax.linear_schedule(0.0, lr, int(oc.warmup_steps)) if oc.warmup_steps else lr
+  lr, warmup = float(oc.learning_rate), int(oc.warmup_steps)
+  decay = str(oc.get("decay", "constant"))
+  if decay not in DECAYS:
+    raise ValueError(f"Unknown optim.decay {decay!r}; choose one of {', '.join(DECAYS)}.")
+  final = float(oc.get("final_lr_fraction", 0.0))
+  if not 0.0 <= final <= 1.0:
+    raise ValueError(f"optim.final_lr_fraction must lie in [0, 1], got {final}.")
+  if decay == "constant":
+    return optax.linear_schedule(0.0, lr, warmup) if warmup else lr
+  if total_steps <= warmup:
+    raise ValueError(f"optim.decay={decay} needs train.num_steps ({total_steps}) > "
+                     f"optim.warmup_steps ({warmup}).")
+  if decay == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, total_steps,
+                                              end_value=final * lr)
+  tail = optax.linear_schedule(lr, final * lr, total_steps - warmup)
+  if not warmup:
+    return tail
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), tail], [warmup])
+
+
+def create_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
+  oc = optim_config
+  schedule = learning_rate_schedule(oc, total_steps)
   makers = {"adam": optax.adam, "radam": optax.radam}
   if oc.name not in makers:
     raise ValueError(f"Unknown optimizer {oc.name!r}; choose one of {', '.join(makers)}.")
