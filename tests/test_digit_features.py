@@ -84,6 +84,26 @@ def test_quality_report_ranks_real_digits_above_noise(trained):
   assert fake['classes_covered'] < real['classes_covered']
 
 
+def test_quality_report_ranks_grey_and_faint_digits_as_bad(trained):
+  """What a person sees in weak one-step samples (grey backgrounds, soft low-contrast strokes)
+  must cost a large part of the figure, and show in dark_fraction."""
+  net, _, (x_train, _, x_test, _) = trained
+  pool = np.concatenate([x_test, x_train[:700]])  # 1000 real digits, 300 of them held out
+  real = df.quality_report(net, pool, x_train, x_test)
+  grey = df.quality_report(net, np.clip(0.75 * pool + 0.2, -1, 1), x_train, x_test)
+  soft = 0.5 * pool + 0.5 * np.roll(pool, 1, axis=1)
+  soft = 0.5 * soft + 0.5 * np.roll(soft, 1, axis=2)
+  blurred = df.quality_report(net, soft, x_train, x_test)
+  assert real['num_samples'] == 1000 and real['num_heldout'] == NUM_HELDOUT
+  assert real['dark_fraction'] == pytest.approx(real['dark_fraction_real'], abs=0.05)
+  assert grey['dark_fraction'] < 0.5 * real['dark_fraction']
+  for bad in (grey, blurred):
+    assert bad['frechet'] > 4 * real['frechet']
+    assert bad['frechet_at_heldout_count'] > 2 * bad['frechet_real']
+  with pytest.raises(ValueError, match='at least as many samples'):
+    df.quality_report(net, x_test[:10], x_train, x_test)
+
+
 def test_uint8_samples_match_float(trained):
   net, _, (x_train, _, x_test, _) = trained
   as_uint8 = np.round((x_test + 1.0) * 127.5).astype(np.uint8)

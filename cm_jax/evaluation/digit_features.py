@@ -260,43 +260,58 @@ def load_or_train(cache_dir: str, train_images: np.ndarray, train_labels: np.nda
   return net
 
 
+DARK_LEVEL = 0.1  # a pixel below 10% of the way from black to white counts as background
+
+
+def dark_fraction(images: np.ndarray) -> float:
+  """Fraction of pixels near black: the training digits have a third of them, a generator with
+  grey backgrounds far fewer."""
+  x = to_model_input(images)
+  return float(np.mean((x + 1.0) / 2.0 < DARK_LEVEL))
+
+
 def quality_report(net: DigitFeatureNet, samples: np.ndarray, reference_images: np.ndarray,
                    heldout_images: np.ndarray, num_classes: int = 10,
                    min_class_fraction: float = 0.02) -> dict[str, Any]:
   """Digit-feature Frechet distance of samples, beside the same figure for held-out real digits.
 
-  frechet: samples vs reference_images (the training split).
+  frechet: all samples vs reference_images (the training split); 1000 samples or more keep the
+    small-count bias of the Frechet distance below the differences that matter.
   frechet_real: heldout_images (real test digits) vs the same reference: the floor a generator
     of new digits should be judged against (one that memorises the training split can go lower,
     since the network was trained on it).
-  Frechet distance is biased upward by small sample counts, so the two are only comparable when
-  computed from the same number of images: pass as many samples as held-out images (e.g. 300).
+  frechet_at_heldout_count: the first len(heldout_images) samples only, the figure to set beside
+    frechet_real (the Frechet distance is biased upward by small counts, so only equal counts
+    compare).
   Also: class_histogram (predicted classes of the samples), classes_covered (classes with at
   least min_class_fraction of the samples), mean_confidence (mean max softmax probability; lower
-  for blobs and noise than for real digits), and the same two for the held-out images.
+  for blobs and ambiguous shapes than for real digits), dark_fraction (pixels near black: low for
+  grey backgrounds), and the same three for the held-out images.
   """
   n_samples, n_heldout = len(samples), len(heldout_images)
-  if n_samples != n_heldout:
-    warnings.warn(f'quality_report: {n_samples} samples vs {n_heldout} held-out images; the '
-                  'Frechet figures are only comparable at equal counts', RuntimeWarning,
-                  stacklevel=2)
+  if n_samples < n_heldout:
+    raise ValueError(f'quality_report needs at least as many samples as held-out images '
+                     f'({n_heldout}), got {n_samples}')
   mu_ref, sigma_ref = stats_from_features(net.features(reference_images))
 
   def describe(images):
     logits, feats = net._run(images, 256)
     probs = _softmax(logits)
     hist = np.bincount(probs.argmax(-1), minlength=num_classes)[:num_classes]
-    mu, sigma = stats_from_features(feats)
+    fd = lambda f: frechet_distance(*stats_from_features(f), mu_ref, sigma_ref)
     return {
-        'frechet': frechet_distance(mu, sigma, mu_ref, sigma_ref),
+        'frechet': fd(feats),
+        'frechet_at_heldout_count': fd(feats[:n_heldout]),
         'class_histogram': [int(c) for c in hist],
         'classes_covered': int(np.sum(hist >= min_class_fraction * len(images))),
         'mean_confidence': float(probs.max(-1).mean()),
+        'dark_fraction': dark_fraction(images),
     }
 
   fake, real = describe(samples), describe(heldout_images)
   return {
       'frechet': fake['frechet'],
+      'frechet_at_heldout_count': fake['frechet_at_heldout_count'],
       'frechet_real': real['frechet'],
       'num_samples': n_samples,
       'num_heldout': n_heldout,
@@ -304,6 +319,8 @@ def quality_report(net: DigitFeatureNet, samples: np.ndarray, reference_images: 
       'class_histogram': fake['class_histogram'],
       'classes_covered': fake['classes_covered'],
       'mean_confidence': fake['mean_confidence'],
+      'dark_fraction': fake['dark_fraction'],
       'classes_covered_real': real['classes_covered'],
       'mean_confidence_real': real['mean_confidence'],
+      'dark_fraction_real': real['dark_fraction'],
   }

@@ -54,11 +54,12 @@ def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict
   heldout = data.load_split(config.data, "test")
   net = digit_features.load_or_train(feature_cache_dir(), reference["image"], reference["label"])
   n = num_samples or len(heldout["image"])
+  n_heldout = min(n, len(heldout["image"]))  # short smoke runs score fewer samples
   results, samples = {}, {}
   for name, plan in sampling_plans(config, exp.levels).items():
     samples[name] = exp.generate(params, plan, n, seed=seed)
     report = digit_features.quality_report(net, samples[name], reference["image"],
-                                           heldout["image"][:n])
+                                           heldout["image"][:n_heldout])
     results[name] = {**describe_plan(plan, exp.is_trigflow), **report}
   return results, samples
 
