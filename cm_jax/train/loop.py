@@ -121,6 +121,33 @@ class _NonFinite:
     return self.before + count
 
 
+def _duration(seconds: float) -> str:
+  days, rest = divmod(int(round(seconds)), 86400)
+  clock = time.strftime("%H:%M:%S", time.gmtime(rest))
+  return f"{days}d {clock}" if days else clock
+
+
+class _Expectation:
+  """Says early how long the run will take: times `window` steps after the first (compiled) one
+  and logs the projected training time, so nobody waits blind for the first periodic log."""
+
+  def __init__(self, start: int, num_steps: int, window: int = 20):
+    self.start, self.num_steps, self.window = start, num_steps, window
+    self._t0 = None
+
+  def after(self, step: int, metrics) -> None:
+    if self.num_steps - self.start <= 2 * self.window or step > self.start + self.window + 1:
+      return
+    if step == self.start + 1:
+      jax.block_until_ready(metrics)
+      self._t0 = time.perf_counter()
+    elif step == self.start + self.window + 1:
+      jax.block_until_ready(metrics)
+      rate = self.window / max(time.perf_counter() - self._t0, 1e-9)
+      log.info("Expected training time: %s for %d steps at %.2f steps/s (compilation done).",
+               _duration((self.num_steps - step) / rate), self.num_steps - self.start, rate)
+
+
 def save_grid(exp: Experiment, params, workdir: str, step: int, writer) -> str:
   """1-step samples from sigma_max, or the ODE solver's for EDM (fixed seed, so grids compare
   across steps)."""
@@ -212,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"workdir": workdir, "start_step": start, "preempted": None}
 
   t_last, step_last = time.perf_counter(), start
+  expect = _Expectation(start, num_steps)
   with _StopRequest() as stop:
     step = start
     while step < num_steps:
@@ -224,6 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, metrics = train_step(state, batch, frozen)
       nonfinite.add(metrics["nonfinite"])
       step += 1
+      expect.after(step, metrics)
       stopping = stop.poll(step)
       if step % int(tc.log_every) == 0 or step == num_steps or stopping:
         skipped = nonfinite.check(ckpt)
@@ -242,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(step, scalars)
         eta = (num_steps - step) / max(rate, 1e-9)
         log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s", step, num_steps, rate,
-                 rate * global_batch, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                 rate * global_batch, _duration(eta))
       if step % int(tc.save_every) == 0 and step != num_steps and not stopping:
         save(step)
       if step % int(tc.sample_every) == 0 and step != num_steps and not stopping:
