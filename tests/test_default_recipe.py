@@ -5,7 +5,6 @@ compared with a fixed threshold far below what the previous default reached. A s
 not serve: the curriculum squeezed into 1000 steps scored 59.8, worse than the old default.
 """
 import jax
-import numpy as np
 import pytest
 
 from cm_jax import data
