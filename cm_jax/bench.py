@@ -49,6 +49,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cm_jax import cli
+from cm_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and argument, e.g. configs/cifar10.py:method=ct.",
@@ -334,9 +335,9 @@ def main(argv):
   cli.setup_logging()
   with cli.user_errors_exit():
     if _STEPS.value < 0 or _SAMPLE_REPEATS.value < 0:
-      raise ValueError("--steps and --sample_repeats must be >= 0.")
+      raise UserError("--steps and --sample_repeats must be >= 0.")
     if _BATCH.value is not None and _BATCH.value < 1:
-      raise ValueError("--batch_size must be >= 1.")
+      raise UserError("--batch_size must be >= 1.")
     result = run_benchmark(_CONFIG.value, _BATCH.value, _STEPS.value, _SAMPLE_REPEATS.value,
                            _MATMUL.value)
     print(format_table(result))

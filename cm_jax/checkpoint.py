@@ -1,8 +1,9 @@
 """Orbax checkpoints of the train state: async, keep-N, automatic resume from the workdir.
 
 A checkpoint step holds two items: `state` (params, EMA, target, optimizer, step, RNG) and `meta`
-(JSON: the step, which is also the data position, and the method). The run's config lives in
-`WORKDIR/config.json`, written once, so a resume with another config is refused before any work.
+(JSON: the step, which is also the data position, the method and the run's config). The config
+is also in `WORKDIR/config.json`, for people and tools; a resume with another config is refused
+before anything is written, against the checkpoint's record even when config.json is gone.
 
 Every process of a multi-process run calls save and restore (Orbax writes each process's shards
 and coordinates the commit). A save in progress lives in `STEP.orbax-checkpoint-tmp-*` and is
@@ -22,11 +23,26 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cm_jax import files
+from cm_jax.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+META_ITEM = "meta"
 CORRUPT_PREFIX = "corrupt-"
 
 log = logging.getLogger("cm_jax")
+
+
+class _QuietReadOnly(logging.Filter):
+  """Orbax warns on every read-only manager that its directory is read-only: asked for, so
+  noise in every sample/evaluate/edit run."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 # Keys that may differ on resume: they change when and how the run reports, not what it computes.
 RUNTIME_KEYS = (
@@ -37,7 +53,7 @@ RUNTIME_KEYS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint or workdir that cannot be used as asked; the message says what to do."""
 
 
@@ -50,7 +66,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
-def _config_dict(config: ml_collections.ConfigDict) -> dict:
+def config_record(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
@@ -58,59 +74,116 @@ def _base_defaults() -> dict[str, Any]:
   """Flattened defaults of configs/base.py: keys a later version added, which an older workdir's
   config.json lacks, take these values (they reproduce the older behaviour)."""
   from configs import base  # configs/ ships with the package
-  return _flatten(_config_dict(base.get_base_config()))
+  return _flatten(config_record(base.get_base_config()))
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """{'a.b': value} with JSON values (tuples as lists), as config.json stores them."""
-  return _flatten(_config_dict(config))
+  return _flatten(config_record(config))
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+  """Non-runtime keys whose values differ; keys an older version lacked take the defaults."""
+  flat_old, flat_new = _flatten(old), _flatten(new)
+  for k, v in _base_defaults().items():
+    flat_old.setdefault(k, v)
+    flat_new.setdefault(k, v)
+  keys = sorted((k for k in set(flat_old) | set(flat_new)
+                 if flat_old.get(k) != flat_new.get(k) and not k.startswith(RUNTIME_KEYS)),
+                key=lambda k: (k != "method", k))  # the method first: it says the most
+  return [f"{k}: {flat_old.get(k)!r} in the workdir, {flat_new.get(k)!r} now" for k in keys]
+
+
+def _refuse(what: str, differ: list[str], advice: str) -> None:
+  more = "; ..." if len(differ) > 8 else ""
+  raise CheckpointError(f"{what} ({'; '.join(differ[:8])}{more}). {advice}")
+
+
+def read_recorded_config(workdir: str) -> Optional[dict]:
+  """WORKDIR/config.json as a dict, None when there is none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e}); it records this workdir's config. "
+                          "Restore it or use a new --workdir.") from None
+
+
+def checkpoint_config(workdir: str) -> tuple[Optional[int], Optional[dict]]:
+  """(step, config) recorded in the meta of the newest finished checkpoint that has one;
+  (newest step, None) for checkpoints written before the meta carried the config.
+
+  Reads the meta item's JSON file (`STEP/meta/metadata`, Orbax's JsonSave layout) directly:
+  cheap, and it never touches the state arrays."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  if not has_checkpoint(workdir):
+    return None, None
+  steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+  for step in steps:
+    try:
+      with open(os.path.join(directory, str(step), META_ITEM, "metadata")) as f:
+        meta = json.load(f)
+    except (OSError, ValueError):  # a damaged step: the one before still tells the config
+      continue
+    if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+      return step, meta["config"]
+  return steps[0], None
+
+
+def _write_config(workdir: str, config: dict) -> None:
+  files.write_atomically(os.path.join(workdir, CONFIG_FILE),
+                         json.dumps(config, indent=2, sort_keys=True).encode())
 
 
 def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes WORKDIR/config.json for a new run; for an existing run, refuses a different config."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  new = _config_dict(config)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-    except (OSError, ValueError) as e:
-      raise CheckpointError(f"{path} is unreadable ({e}); it records this workdir's config. "
-                            "Restore it or use a new --workdir.") from None
-    flat_old, flat_new = _flatten(old), _flatten(new)
-    complete = set(flat_old) >= set(flat_new)
-    for k, v in _base_defaults().items():
-      flat_old.setdefault(k, v)
-    differ = sorted(
-        k for k in set(flat_old) | set(flat_new)
-        if flat_old.get(k) != flat_new.get(k) and not k.startswith(RUNTIME_KEYS))
-    if differ and has_checkpoint(workdir):
-      details = "; ".join(f"{k}: {flat_old.get(k)!r} in the workdir, {flat_new.get(k)!r} now"
-                          for k in differ[:8])
-      raise CheckpointError(
-          f"The workdir {workdir} holds a checkpoint of another config ({details}"
-          f"{'; ...' if len(differ) > 8 else ''}). Use a new --workdir, or pass the same config "
-          "to resume this run.")
-    if not differ and complete:
+  """Refuses a config other than the one the workdir's run was trained with, then writes
+  WORKDIR/config.json (once for a new run; again only to restore a deleted one or add keys a
+  newer version introduced). The run's identity is the config in its checkpoints' meta; the file
+  is checked against it, so a deleted or edited config.json cannot let another config resume."""
+  new = config_record(config)
+  recorded = read_recorded_config(workdir)
+  ckpt_step, ckpt_config = checkpoint_config(workdir)
+  if ckpt_config is not None:
+    differ = _differences(ckpt_config, new)
+    if differ:
+      _refuse(f"The workdir {workdir} holds a checkpoint (step {ckpt_step}) of another config",
+              differ, "Use a new --workdir, or pass the same config to resume this run.")
+  if recorded is not None:
+    differ = _differences(recorded, new)
+    if differ and ckpt_step is not None:
+      _refuse(f"The workdir {workdir} holds a checkpoint of another config", differ,
+              "Use a new --workdir, or pass the same config to resume this run.")
+    if differ:
+      log.warning("Replacing %s: the run it described saved no checkpoint.",
+                  os.path.join(workdir, CONFIG_FILE))
+    elif set(_flatten(recorded)) >= set(_flatten(new)):
       return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(new, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  elif ckpt_step is not None:
+    if ckpt_config is None:
+      raise CheckpointError(
+          f"{os.path.join(workdir, CONFIG_FILE)} is missing and the checkpoints in {workdir} "
+          "predate the config record in their meta, so this config cannot be checked against "
+          "them. Restore config.json (or use a new --workdir).")
+    log.warning("Restored the missing %s from checkpoint step %d.",
+                os.path.join(workdir, CONFIG_FILE), ckpt_step)
+  _write_config(workdir, new)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (for sampling and evaluation)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise CheckpointError(f"No {CONFIG_FILE} in {workdir}: is this a cm_jax training workdir? "
-                          "Train one with `python -m cm_jax.train --workdir=...`.")
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path} is unreadable ({e}).") from None
+  """The config a workdir was trained with (for sampling and evaluation): config.json, or the
+  one recorded in its newest checkpoint when config.json is missing."""
+  raw = read_recorded_config(workdir)
+  if raw is None:
+    step, raw = checkpoint_config(workdir)
+    if raw is None:
+      why = "" if step is None else ", and its checkpoints predate the config record in their meta"
+      raise CheckpointError(f"No {CONFIG_FILE} in {workdir}{why}: is this a cm_jax training "
+                            "workdir? Train one with `python -m cm_jax.train --workdir=...`.")
+    log.warning("%s has no %s; using the config recorded in checkpoint step %d.", workdir,
+                CONFIG_FILE, step)
   return ml_collections.ConfigDict(_tuples(_fill_missing(raw, _base_defaults())))
 
 
@@ -141,6 +214,12 @@ def has_checkpoint(workdir: str) -> bool:
   return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+  """The gist of a third-party error (Orbax and TensorStore errors run to dozens of lines)."""
+  line = (str(e).strip().splitlines() or [""])[0]
+  return line if len(line) <= limit else line[:limit] + "..."
+
+
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager for TrainState."""
 
@@ -157,7 +236,7 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "meta"))
+                                         item_names=("state", META_ITEM))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -187,8 +266,8 @@ class Checkpointer:
                                         meta=ocp.args.JsonRestore()))
     except Exception as e:  # Orbax raises many types for bad or foreign checkpoints
       raise CheckpointError(
-          f"Could not restore step {step} from {self.directory}: {type(e).__name__}: {e}. "
-          "The checkpoint is damaged or was written by another config.") from e
+          f"Could not restore step {step} from {self.directory} ({type(e).__name__}: "
+          f"{first_line(e)}). The checkpoint is damaged or was written by another config.") from e
     return restored.state, restored.meta
 
   def restore_latest_good(self, abstract_state):
@@ -209,9 +288,8 @@ class Checkpointer:
       except CheckpointError as e:
         failures.append((step, e))
         cause = e.__cause__ or e
-        first_line = (str(cause).strip().splitlines() or [""])[0][:200]
         log.warning("Checkpoint step %d in %s does not restore (%s: %s); trying the one before.",
-                    step, self.directory, type(cause).__name__, first_line)
+                    step, self.directory, type(cause).__name__, first_line(cause))
         continue
       if failures:
         self._move_aside([s for s, _ in failures])

@@ -6,6 +6,8 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from cm_jax.errors import UserError
+
 Distance = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
@@ -56,4 +58,4 @@ def get_distance(name: str, sample_shape, lpips_weights: str = "") -> Distance:
     return lambda a, b: pseudo_huber(a, b, c)
   if name == "lpips":
     return lpips(lpips_weights)
-  raise ValueError(f"Unknown distance {name!r}; choose one of {', '.join(NAMES)}.")
+  raise UserError(f"Unknown distance {name!r}; choose one of {', '.join(NAMES)}.")

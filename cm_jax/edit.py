@@ -15,6 +15,7 @@ resolution / factor). --mask: white (>= 128) in MASK.png marks what to generate.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Callable, Optional, Sequence
@@ -23,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from PIL import Image
 
-from cm_jax import cli, editing, images, parallel, sample, sampling
+from cm_jax import cli, editing, files, images, parallel, sample, sampling
+from cm_jax.errors import MissingPath, UserError
 from cm_jax.train.experiment import Experiment
 
 TASKS = ("inpaint", "colorize", "superres", "denoise", "interpolate")
@@ -57,32 +58,27 @@ _AUX_STREAM = 2**31 - 2
 def load_images(path: str, channels: int) -> np.ndarray:
   """uint8 [N, H, W, C] from an .npz (arr_0) or a directory of PNG/JPEG files (sorted by name)."""
   if path.endswith(".npz"):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"--images {path} does not exist.")
-    with np.load(path) as f:
+    with files.open_npz(path, "--images") as f:
       if "arr_0" not in f:
-        raise ValueError(f"{path} has no arr_0 (keys: {', '.join(f.files)}).")
+        raise UserError(f"{path} has no arr_0 (keys: {', '.join(f.files)}).")
       arr = f["arr_0"]
     if arr.dtype != np.uint8 or arr.ndim != 4:
-      raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {arr.dtype} {arr.shape}.")
+      raise UserError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {arr.dtype} {arr.shape}.")
     if arr.shape[-1] != channels:
-      raise ValueError(f"{path}: images have {arr.shape[-1]} channels; the model needs {channels}.")
+      raise UserError(f"{path}: images have {arr.shape[-1]} channels; the model needs {channels}.")
     return arr
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"--images {path} is neither a directory nor an .npz file.")
+    raise MissingPath(f"--images {path} is neither a directory nor an .npz file.")
   names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
   if not names:
-    raise ValueError(f"--images {path} holds no PNG/JPEG files.")
+    raise UserError(f"--images {path} holds no PNG/JPEG files.")
   mode = {1: "L", 3: "RGB"}.get(channels)
   if mode is None:
-    raise ValueError(f"Image files need a 1- or 3-channel model; this one has {channels}.")
-  arrays = []
-  for name in names:
-    with Image.open(os.path.join(path, name)) as img:
-      arrays.append(np.asarray(img.convert(mode), np.uint8).reshape(img.height, img.width, -1))
+    raise UserError(f"Image files need a 1- or 3-channel model; this one has {channels}.")
+  arrays = [images.read_image(os.path.join(path, name), mode) for name in names]
   shapes = {a.shape for a in arrays}
   if len(shapes) > 1:
-    raise ValueError(f"Images in {path} differ in size: {sorted(shapes)}.")
+    raise UserError(f"Images in {path} differ in size: {sorted(shapes)}.")
   return np.stack(arrays)
 
 
@@ -95,7 +91,7 @@ def check_size(images_u8: np.ndarray, height: int, width: int, factor: Optional[
   if factor and (h * factor, w * factor) == (height, width):
     return np.repeat(np.repeat(images_u8, factor, axis=1), factor, axis=2)
   also = f" or {height // factor}x{width // factor}" if factor else ""
-  raise ValueError(f"Images are {h}x{w}; the model works at {height}x{width}{also}.")
+  raise UserError(f"Images are {h}x{w}; the model works at {height}x{width}{also}.")
 
 
 def load_mask(spec: str, height: int, width: int) -> Optional[np.ndarray]:
@@ -107,12 +103,11 @@ def load_mask(spec: str, height: int, width: int) -> Optional[np.ndarray]:
   if spec == "strokes":
     return None
   if not os.path.isfile(spec):
-    raise FileNotFoundError(f"--mask must be center, left, strokes or a PNG file; {spec} is none.")
-  with Image.open(spec) as img:
-    mask = np.asarray(img.convert("L"))
+    raise MissingPath(f"--mask must be center, left, strokes or a PNG file; {spec} is none.")
+  mask = images.read_image(spec, "L")[..., 0]
   if mask.shape != (height, width):
-    raise ValueError(f"Mask {spec} is {mask.shape[0]}x{mask.shape[1]}; the images are "
-                     f"{height}x{width}.")
+    raise UserError(f"Mask {spec} is {mask.shape[0]}x{mask.shape[1]}; the images are "
+                    f"{height}x{width}.")
   return (mask >= 128).astype(np.float32)[..., None]
 
 
@@ -176,7 +171,7 @@ def _denoise_task(exp: Experiment, params, y: np.ndarray, labels, keys, batch_si
                   ) -> tuple[np.ndarray, list, int]:
   """f(y + sigma z, sigma), or f(y, sigma) for images that are already noisy."""
   if _NOISE_SIGMA.value is None:
-    raise ValueError("--task=denoise needs --noise_sigma, the images' noise level.")
+    raise UserError("--task=denoise needs --noise_sigma, the images' noise level.")
   sigma = float(sampling.check_sigmas([_NOISE_SIGMA.value], exp.levels)[0])
   idx = np.arange(len(y), dtype=np.int32)
   noisy = np.asarray(editing.add_noise(keys[2], idx, y, sigma)) if _ADD_NOISE.value else y
@@ -194,9 +189,9 @@ def _interpolate_task(exp: Experiment, params, y: np.ndarray, labels, sigmas, ke
   """Pairs (0,1), (2,3), ... of images (or of zero images: pairs of noises), num_alphas each."""
   a = _NUM_ALPHAS.value
   if a < 2:
-    raise ValueError(f"--num_alphas must be at least 2, got {a}.")
+    raise UserError(f"--num_alphas must be at least 2, got {a}.")
   if len(y) % 2:
-    raise ValueError(f"--task=interpolate takes images in pairs; got {len(y)} images.")
+    raise UserError(f"--task=interpolate takes images in pairs; got {len(y)} images.")
   pairs = len(y) // 2
   pair = np.repeat(np.arange(pairs, dtype=np.int32), a)                 # [P*A]
   alphas = np.tile(np.linspace(0.0, 1.0, a, dtype=np.float32), pairs)  # [P*A]
@@ -227,10 +222,9 @@ def grid_of(columns: Sequence[np.ndarray], ncols: int, limit: int = 32) -> np.nd
 
 
 def save_npz(path: str, **arrays) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path[:-4] + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  files.write_atomically(path, buffer.getvalue())
 
 
 def main(argv: list[str]) -> None:
@@ -239,24 +233,25 @@ def main(argv: list[str]) -> None:
   cli.setup_logging()
   with cli.user_errors_exit():
     task = _TASK.value
-    if not FLAGS.out.endswith(".npz"):
-      raise ValueError(f"--out must name a .npz file, got {FLAGS.out!r}.")
+    files.check_output_file(FLAGS.out, "--out", ".npz")
+    if FLAGS.grid:
+      files.check_output_file(FLAGS.grid, "--grid", ".png")
     if _IMAGES.value is None and task != "interpolate":
-      raise ValueError(f"--task={task} needs --images.")
+      raise UserError(f"--task={task} needs --images.")
     level_flags = FLAGS.sigmas or FLAGS.ts or FLAGS.steps
     if task == "denoise" and level_flags:
-      raise ValueError("--task=denoise evaluates f once at --noise_sigma; it takes no "
-                       "--sigmas, --ts or --steps.")
+      raise UserError("--task=denoise evaluates f once at --noise_sigma; it takes no "
+                      "--sigmas, --ts or --steps.")
     if task != "denoise" and _NOISE_SIGMA.value is not None:
-      raise ValueError("--noise_sigma is for --task=denoise only.")
+      raise UserError("--noise_sigma is for --task=denoise only.")
     if task != "inpaint" and FLAGS["mask"].present:
-      raise ValueError("--mask is for --task=inpaint only.")
+      raise UserError("--mask is for --task=inpaint only.")
     if task == "superres" and _FACTOR.value not in editing.SUPERRES_FACTORS:
-      raise ValueError(f"--factor must be one of {editing.SUPERRES_FACTORS}, got {_FACTOR.value}.")
+      raise UserError(f"--factor must be one of {editing.SUPERRES_FACTORS}, got {_FACTOR.value}.")
     exp, params, step = sample.load_params(FLAGS.workdir, FLAGS.params, FLAGS.checkpoint)
     if exp.is_denoiser:
-      raise ValueError(f"{FLAGS.workdir} holds an EDM denoiser; editing (CM Algorithm 4) needs a "
-                       "consistency model (method ct, ict, cd, ...).")
+      raise UserError(f"{FLAGS.workdir} holds an EDM denoiser; editing (CM Algorithm 4) needs a "
+                      "consistency model (method ct, ict, cd, ...).")
     h, w, c = exp.sample_shape
     sigmas = sample.resolve_sigmas(exp.levels, FLAGS.steps, FLAGS.sigmas, FLAGS.ts,
                                    FLAGS.ts_grid, float(exp.config.sample.two_step_sigma))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm_jax import karras
+from cm_jax.errors import UserError
 from cm_jax.sampling import ConsistencyFn, per_sample_normal
 
 # ITU-R BT.601 luma weights: the luminance a colourisation keeps.
@@ -43,7 +44,7 @@ def orthogonal_basis(first: Sequence[float]) -> np.ndarray:
   """
   first = np.asarray(first, np.float64)
   if first[0] == 0:
-    raise ValueError("orthogonal_basis needs a first vector with a non-zero first entry.")
+    raise UserError("orthogonal_basis needs a first vector with a non-zero first entry.")
   m = np.eye(first.size)
   m[:, 0] = first / np.linalg.norm(first)
   q, r = np.linalg.qr(m)
@@ -70,7 +71,7 @@ def inpainting(mask) -> tuple[Operator, jnp.ndarray]:
 def colorization(channels: int) -> tuple[Operator, jnp.ndarray]:
   """A = the colour basis per pixel; keep luminance, generate the two other axes."""
   if channels != 3:
-    raise ValueError(f"Colourisation needs RGB images (3 channels); this model has {channels}.")
+    raise UserError(f"Colourisation needs RGB images (3 channels); this model has {channels}.")
   m = jnp.asarray(colour_basis(), jnp.float32)
   op = Operator(lambda x: x @ m, lambda a: a @ m.T)  # [B, H, W, 3] <-> [B, H, W, 3 axes]
   return op, jnp.asarray([0.0, 1.0, 1.0])
@@ -79,9 +80,9 @@ def colorization(channels: int) -> tuple[Operator, jnp.ndarray]:
 def super_resolution(factor: int, height: int, width: int) -> tuple[Operator, jnp.ndarray]:
   """A = the patch basis on every factor x factor patch of every channel; keep the patch means."""
   if factor not in SUPERRES_FACTORS:
-    raise ValueError(f"Super-resolution factor must be one of {SUPERRES_FACTORS}, got {factor}.")
+    raise UserError(f"Super-resolution factor must be one of {SUPERRES_FACTORS}, got {factor}.")
   if height % factor or width % factor:
-    raise ValueError(f"Image size {height}x{width} is not divisible by the factor {factor}.")
+    raise UserError(f"Image size {height}x{width} is not divisible by the factor {factor}.")
   p = factor
   q = jnp.asarray(patch_basis(p), jnp.float32)
 

@@ -26,6 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from cm_jax import checkpoint, cli, sampling
+from cm_jax.errors import UserError
 from cm_jax.evaluation import fid, inception, two_step
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to sample and evaluate.")
@@ -85,17 +86,17 @@ def feature_net(kind: str, weights: str | None, batch_size: int) -> fid.FeatureN
 def reference(spec: str | None, ref_samples: str | None, net, data_config=None,
               cache_dir: str | None = None, keep: bool = False) -> fid.Reference:
   if spec and ref_samples:
-    raise ValueError("Give --ref or --ref_samples, not both.")
+    raise UserError("Give --ref or --ref_samples, not both.")
   if ref_samples:
     return fid.reference_from_images(fid.load_sample_file(ref_samples, net.channels), net,
                                      ref_samples, _BATCH.value, keep)
   spec = spec or ("data:train" if data_config is not None else None)
   if not spec:
-    raise ValueError("Give the reference: --ref=STATS.npz (mu/sigma, or arr_0 images) or "
-                     "--ref_samples=R.npz.")
+    raise UserError("Give the reference: --ref=STATS.npz (mu/sigma, or arr_0 images) or "
+                    "--ref_samples=R.npz.")
   if spec.startswith("data:"):
     if data_config is None:
-      raise ValueError("--ref=data:SPLIT needs --workdir (the dataset is the workdir's).")
+      raise UserError("--ref=data:SPLIT needs --workdir (the dataset is the workdir's).")
     return fid.reference_from_dataset(data_config, spec[5:], net, cache_dir, _BATCH.value, keep)
   return fid.load_reference(spec, net, _BATCH.value, keep)
 
@@ -110,8 +111,8 @@ def summarise(stats: fid.FeatureStats, ref: fid.Reference) -> dict:
     out["is_mean"] = out["is_std"] = float("nan")
   if stats.features is not None:
     if ref.features is None:
-      raise ValueError("--precision_recall needs reference features: give a reference of images "
-                       "(--ref_samples, an arr_0 file or data:SPLIT), not only mu/sigma.")
+      raise UserError("--precision_recall needs reference features: give a reference of images "
+                      "(--ref_samples, an arr_0 file or data:SPLIT), not only mu/sigma.")
     out["precision"], out["recall"] = fid.precision_recall(ref.features, stats.all_features())
   return out
 
@@ -144,7 +145,7 @@ def select_steps(available: list[int], spec: str, directory: str) -> list[int]:
   try:
     wanted = [int(s) for s in spec.split(",") if s.strip()]
   except ValueError:
-    raise ValueError(f"--checkpoints must be latest, all or steps like 1000,2000; got {spec!r}.")
+    raise UserError(f"--checkpoints must be latest, all or steps like 1000,2000; got {spec!r}.")
   missing = [s for s in wanted if s not in available]
   if missing:
     raise checkpoint.CheckpointError(f"No checkpoint for step(s) {missing} in {directory}; "
@@ -159,12 +160,12 @@ def plans_for(exp, workdir: str, steps: list[str]) -> dict:
   out = {}
   for s in steps:
     if not s.isdigit() or int(s) < 1:
-      raise ValueError(f"--steps takes positive integers, got {s!r}.")
+      raise UserError(f"--steps takes positive integers, got {s!r}.")
     k = int(s)
     if exp.is_trigflow:  # sCT / sCD: TrigFlow times pi/2 and config.scm.two_step_t
       if k > 2:
-        raise ValueError(f"{exp.config.method} workdirs are evaluated at --steps=1,2 (TrigFlow "
-                         f"times); got {k}.")
+        raise UserError(f"{exp.config.method} workdirs are evaluated at --steps=1,2 (TrigFlow "
+                        f"times); got {k}.")
       from cm_jax.train import report
       out[f"{k}-step"] = report.sampling_plans(exp.config, exp.levels)[f"{k}-step"]
     elif k == 1:
@@ -239,8 +240,8 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
     images = exp.generate(params, plan, count, seed=_SEED.value, batch_size=batch,
                           first_index=start)
     if images.shape[-1] != net.channels:
-      raise ValueError(f"The model makes {images.shape[-1]}-channel images; the {net.name} "
-                       f"features take {net.channels} (choose --features).")
+      raise UserError(f"The model makes {images.shape[-1]}-channel images; the {net.name} "
+                      f"features take {net.channels} (choose --features).")
     stats.update(*net(images))
     start += count
     batches += 1
@@ -292,12 +293,12 @@ def evaluate_workdir(workdir: str) -> list[dict]:
   steps = select_steps(available, _CHECKPOINTS.value,
                        os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
   if _NUM.value < 2:
-    raise ValueError("--num_samples must be at least 2 (a covariance needs two samples).")
+    raise UserError("--num_samples must be at least 2 (a covariance needs two samples).")
   kind = _FEATURES.value or ("digits" if config.data.name == "digits" else "inception")
   net = feature_net(kind, _WEIGHTS.value, _BATCH.value)
   if net.channels != config.data.channels:
-    raise ValueError(f"{workdir} makes {config.data.channels}-channel images; the {net.name} "
-                     f"features take {net.channels} (choose --features).")
+    raise UserError(f"{workdir} makes {config.data.channels}-channel images; the {net.name} "
+                    f"features take {net.channels} (choose --features).")
   eval_dir = os.path.join(workdir, "eval")
   os.makedirs(eval_dir, exist_ok=True)
   ref = reference(_REF.value, _REF_SAMPLES.value, net, config.data, eval_dir, keep=_PR.value)
@@ -319,11 +320,11 @@ def evaluate_workdir(workdir: str) -> list[dict]:
 def search_two_step(exp, params, step, net, ref, eval_dir, workdir) -> list[dict]:
   """Ternary search of the middle index t of ts = (0, t, grid-1) on FID (SPEC §8)."""
   if exp.is_denoiser or exp.is_trigflow:
-    raise ValueError("--search_ts searches the sigma of a 2-step consistency model (SPEC §8); "
-                     f"this workdir holds method={exp.config.method}.")
+    raise UserError("--search_ts searches the sigma of a 2-step consistency model (SPEC §8); "
+                    f"this workdir holds method={exp.config.method}.")
   grid = _TS_GRID.value
   if grid < 3:
-    raise ValueError(f"--ts_grid must be at least 3, got {grid}.")
+    raise UserError(f"--ts_grid must be at least 3, got {grid}.")
   rows = {}
 
   def score(t):
@@ -350,8 +351,8 @@ def main(argv):
   cli.setup_logging()
   with cli.user_errors_exit():
     if bool(_WORKDIR.value) == bool(_SAMPLES.value):
-      raise ValueError("Give --workdir=W (sample and evaluate its checkpoints) or --samples=S.npz "
-                       "(evaluate a sample file), not both or neither.")
+      raise UserError("Give --workdir=W (sample and evaluate its checkpoints) or --samples=S.npz "
+                      "(evaluate a sample file), not both or neither.")
     try:
       if _SAMPLES.value:
         result = evaluate_file(_SAMPLES.value)

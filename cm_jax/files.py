@@ -1,8 +1,14 @@
-"""Writing files so that a crash never leaves a half-written one where a reader looks."""
+"""Writing files so that a crash never leaves a half-written one where a reader looks, and
+checking output paths before the work that fills them."""
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+
+import numpy as np
+
+from cm_jax.errors import UserError
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -18,3 +24,59 @@ def write_atomically(path: str, data: bytes) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def _nearest_existing(path: str) -> str:
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
+
+
+def check_output_dir(path: str, flag: str, shown: str = "") -> None:
+  """`path` is a directory that exists or can be created, and can be written to; errors quote
+  `flag`=`shown` (default: `path`)."""
+  shown = shown or path
+  if "://" in path:
+    raise UserError(f"{flag}={shown}: paths with a scheme (gs://, s3://, ...) are not served yet; "
+                    "give a local or mounted path.")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{flag}={shown} is a file, not a directory: give a directory path.")
+  base = _nearest_existing(path)
+  if not os.path.isdir(base):
+    raise UserError(f"{flag}={shown}: {base} is a file, so no directory can be made there.")
+  try:  # a real write, not os.access: read-only mounts and root's view need it
+    fd, probe = tempfile.mkstemp(dir=base, prefix=".cm_jax-write-check-")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise UserError(f"{flag}={shown}: cannot write in {base} ({e.strerror}); give a writable "
+                    "place.") from None
+
+
+def check_output_file(path: str, flag: str, suffix: str = "") -> None:
+  """`path` can be written as a file: right suffix, not a directory, writable folder."""
+  if "://" in path:
+    check_output_dir(path, flag)  # the scheme's error
+  if suffix and not path.endswith(suffix):
+    raise UserError(f"{flag} must name a {suffix} file, got {path!r}.")
+  if os.path.isdir(path):
+    raise UserError(f"{flag}={path} is an existing directory; name a file.")
+  check_output_dir(os.path.dirname(os.path.abspath(path)), flag, shown=path)
+
+
+def open_npz(path: str, what: str):
+  """np.load of an .npz, never unpickling; a file that is not one is a UserError naming `what`
+  (numpy's own message suggests allow_pickle, which a library must never advise)."""
+  if not os.path.isfile(path):
+    raise UserError(f"{what} {path} does not exist." if not os.path.exists(path) else
+                    f"{what} {path} is not a file.")
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{what} {path} is not a readable .npz archive of arrays "
+                    f"({type(e).__name__}); write it with numpy.savez.") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise UserError(f"{what} {path} is a single .npy array, not an .npz archive; write it with "
+                    "numpy.savez(path, arr_0=images).")
+  return data

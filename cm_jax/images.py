@@ -7,6 +7,19 @@ import os
 import numpy as np
 from PIL import Image
 
+from cm_jax.errors import UserError
+
+
+def read_image(path: str, mode: str) -> np.ndarray:
+  """uint8 [H, W, C] of an image file converted to `mode` ('L', 'RGB'); an unreadable file is
+  a UserError naming it."""
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert(mode), np.uint8).reshape(img.height, img.width, -1)
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise UserError(f"Cannot read image {path} ({type(e).__name__}: {e}); remove or replace "
+                    "the file.") from None
+
 
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
   """uint8 [N, H, W, C] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] mosaic."""

@@ -11,6 +11,8 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from cm_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class NoiseLevels:
@@ -36,7 +38,7 @@ def sigma_at(i, n, levels: NoiseLevels, xp=jnp):
 def karras_sigmas(n: int, levels: NoiseLevels) -> np.ndarray:
   """The ascending grid sigma_1 < ... < sigma_n as float64 numpy."""
   if n < 2:
-    raise ValueError(f"A Karras grid needs at least 2 levels, got {n}.")
+    raise UserError(f"A Karras grid needs at least 2 levels, got {n}.")
   return np.asarray(sigma_at(np.arange(1, n + 1), n, levels, xp=np), np.float64)
 
 
@@ -44,9 +46,9 @@ def ts_to_sigmas(ts, steps: int, levels: NoiseLevels) -> np.ndarray:
   """Released sampler convention: indices into a descending grid of `steps` levels (0 = T)."""
   ts = np.asarray(ts)
   if steps < 2:
-    raise ValueError(f"steps must be >= 2, got {steps}.")
+    raise UserError(f"steps must be >= 2, got {steps}.")
   if ts.size == 0 or ts.min() < 0 or ts.max() > steps - 1:
-    raise ValueError(f"ts indices must lie in [0, {steps - 1}], got {ts.tolist()}.")
+    raise UserError(f"ts indices must lie in [0, {steps - 1}], got {ts.tolist()}.")
   return karras_sigmas(steps, levels)[::-1][ts]
 
 

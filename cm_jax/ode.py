@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from cm_jax import karras
+from cm_jax.errors import UserError
 
 DenoiserFn = Callable  # (x [B, H, W, C], sigma [B] or scalar) -> x0 [B, H, W, C]
 
@@ -37,5 +38,5 @@ EVALS_PER_STEP = {"euler": 1, "heun": 2}
 
 def get_step(solver: str) -> Callable:
   if solver not in SOLVERS:
-    raise ValueError(f"Unknown ODE solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
+    raise UserError(f"Unknown ODE solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
   return SOLVERS[solver]

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cm_jax.errors import UserError
+
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 
@@ -43,17 +45,17 @@ def distributed_args(environ=None) -> Optional[dict]:
     return {}
   if len(given) != len(names):
     missing = ", ".join(k for k in names if k not in given)
-    raise ValueError(f"{', '.join(given)} set but {missing} not: set all three (launch/train.sh "
-                     "--num_processes=K does) or none (to let JAX discover the cluster).")
+    raise UserError(f"{', '.join(given)} set but {missing} not: set all three (launch/train.sh "
+                    "--num_processes=K does) or none (to let JAX discover the cluster).")
   try:
     count, pid = int(given[ENV_NUM_PROCESSES]), int(given[ENV_PROCESS_ID])
   except ValueError:
-    raise ValueError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers, got "
-                     f"{given[ENV_NUM_PROCESSES]!r} and {given[ENV_PROCESS_ID]!r}.") from None
+    raise UserError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers, got "
+                    f"{given[ENV_NUM_PROCESSES]!r} and {given[ENV_PROCESS_ID]!r}.") from None
   if count < 1 or not 0 <= pid < count:
-    raise ValueError(f"{ENV_PROCESS_ID}={pid} must lie in [0, {ENV_NUM_PROCESSES}={count}).")
+    raise UserError(f"{ENV_PROCESS_ID}={pid} must lie in [0, {ENV_NUM_PROCESSES}={count}).")
   if ":" not in given[ENV_COORDINATOR]:
-    raise ValueError(f"{ENV_COORDINATOR} must be host:port, got {given[ENV_COORDINATOR]!r}.")
+    raise UserError(f"{ENV_COORDINATOR} must be host:port, got {given[ENV_COORDINATOR]!r}.")
   return {"coordinator_address": given[ENV_COORDINATOR], "num_processes": count,
           "process_id": pid}
 
@@ -101,6 +103,23 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
+def from_process_0(name: str, value: str = "", timeout_s: int = 1800) -> str:
+  """Process 0's `value` on every process (the argument elsewhere is ignored), through the
+  coordination service's key-value store, so process 0 may take minutes to decide."""
+  if jax.process_count() == 1:
+    return value
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if client is None:
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(value.encode().ljust(4096, b"\0")[:4096], np.uint8)
+    return bytes(multihost_utils.broadcast_one_to_all(data)).rstrip(b"\0").decode()
+  if jax.process_index() == 0:
+    client.key_value_set(name, value)
+    return value
+  return client.blocking_key_value_get(name, timeout_s * 1000)
+
+
 def reached_preemption_sync_point(step: int) -> bool:
   """True on every process at the same step once any process got SIGTERM (multi-process runs
   only; a single process handles its signals itself and gets False here)."""
@@ -116,8 +135,8 @@ def create_mesh(devices=None, fsdp: int = 1) -> Mesh:
   devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
   fsdp = int(fsdp)
   if fsdp < 1 or devices.size % fsdp:
-    raise ValueError(f"parallel.fsdp={fsdp} must be a positive divisor of the {devices.size} "
-                     "devices: set --config.parallel.fsdp to one (1 = pure data parallel).")
+    raise UserError(f"parallel.fsdp={fsdp} must be a positive divisor of the {devices.size} "
+                    "devices: set --config.parallel.fsdp to one (1 = pure data parallel).")
   if fsdp == 1:
     return Mesh(devices, (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
   return Mesh(devices.reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS),
@@ -171,8 +190,11 @@ def to_global(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   devices, processes = mesh.devices.size, jax.process_count()
+  if global_batch_size < 1:
+    raise UserError(f"train.batch_size={global_batch_size} must be a positive multiple of the "
+                    f"{devices} devices.")
   if global_batch_size % devices or global_batch_size % processes:
-    raise ValueError(
+    raise UserError(
         f"train.batch_size={global_batch_size} is not divisible by the {devices} devices "
         f"({processes} processes); set --config.train.batch_size to a multiple of {devices}.")
 

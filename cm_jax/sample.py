@@ -9,13 +9,14 @@ the levels, label i), not on the batch size or the device count.
 """
 from __future__ import annotations
 
-import os
+import io
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import cli, images, karras, sampling, trigflow
+from cm_jax import cli, files, images, karras, sampling, trigflow
+from cm_jax.errors import UserError
 from cm_jax.evaluation import two_step
 from cm_jax.train import restore
 
@@ -56,11 +57,15 @@ flags.mark_flags_as_required(["workdir", "out"])
 def resolve_sigmas(levels: karras.NoiseLevels, steps, sigmas, ts, ts_grid, two_step_sigma):
   """The decreasing levels the sampler evaluates the consistency function at."""
   if sigmas and ts:
-    raise ValueError("Give --sigmas or --ts, not both.")
+    raise UserError("Give --sigmas or --ts, not both.")
+  if steps is not None and steps < 1:
+    raise UserError(f"--steps={steps}: give at least 1 sampling step.")
   if ts:
-    out = sampling.sigmas_from_ts(ts, ts_grid, levels)
+    if ts_grid < 2:
+      raise UserError(f"--ts_grid={ts_grid}: the grid --ts indexes needs at least 2 levels.")
+    out = sampling.sigmas_from_ts(numbers(ts, "--ts", int), ts_grid, levels)
   elif sigmas:
-    out = np.asarray([float(s) for s in sigmas])
+    out = np.asarray(numbers(sigmas, "--sigmas", float))
   else:
     steps = steps or 1
     if steps == 1:
@@ -70,8 +75,20 @@ def resolve_sigmas(levels: karras.NoiseLevels, steps, sigmas, ts, ts_grid, two_s
     else:
       out = karras.karras_sigmas(steps + 1, levels)[::-1][:steps]
   if steps is not None and len(out) != steps:
-    raise ValueError(f"--steps={steps} but {len(out)} levels were given: {list(out)}.")
+    raise UserError(f"--steps={steps} but {len(out)} levels were given: {list(out)}.")
   return [float(s) for s in out]
+
+
+def numbers(values, flag: str, kind=float) -> list:
+  """A comma-list flag as numbers; a bad entry names the flag."""
+  out = []
+  for v in values:
+    try:
+      out.append(kind(v))
+    except ValueError:
+      raise UserError(f"{flag}: {v!r} is not {'an integer' if kind is int else 'a number'} "
+                      f"(got {','.join(values)}).") from None
+  return out
 
 
 def resolve_plan(exp):
@@ -80,21 +97,21 @@ def resolve_plan(exp):
   if exp.is_trigflow and not exp.is_denoiser:
     return resolve_times(exp)
   if _TIMES.value:
-    raise ValueError(f"--times is for sCT / sCD workdirs; {_WORKDIR.value} holds a "
-                     f"method={exp.config.method} model.")
+    raise UserError(f"--times is for sCT / sCD workdirs; {_WORKDIR.value} holds a "
+                    f"method={exp.config.method} model.")
   if exp.is_denoiser:
     given = [name for name, v in (("--steps", _STEPS.value), ("--sigmas", _SIGMAS.value),
                                   ("--ts", _TS.value)) if v]
     if given:
-      raise ValueError(f"{_WORKDIR.value} holds an EDM denoiser, sampled by an ODE solver: use "
-                       f"--edm_levels and --edm_solver, not {', '.join(given)}.")
+      raise UserError(f"{_WORKDIR.value} holds an EDM denoiser, sampled by an ODE solver: use "
+                      f"--edm_levels and --edm_solver, not {', '.join(given)}.")
     default = sampling.EDMPlan.from_config(exp.config.sample)
     return sampling.EDMPlan(_EDM_LEVELS.value or default.num_levels,
                             _EDM_SOLVER.value or default.solver)
   if _EDM_LEVELS.value or _EDM_SOLVER.value:
-    raise ValueError(f"--edm_levels and --edm_solver are for EDM workdirs; {_WORKDIR.value} holds "
-                     f"a method={exp.config.method} consistency model: use --steps, --sigmas or "
-                     "--ts.")
+    raise UserError(f"--edm_levels and --edm_solver are for EDM workdirs; {_WORKDIR.value} holds "
+                    f"a method={exp.config.method} consistency model: use --steps, --sigmas or "
+                    "--ts.")
   # 2 steps: the level `python -m cm_jax.evaluate --search_ts` chose, else the config's.
   return resolve_sigmas(exp.levels, _STEPS.value, _SIGMAS.value, _TS.value, _TS_GRID.value,
                         two_step.two_step_sigma(_WORKDIR.value, exp.config)[0])
@@ -106,20 +123,22 @@ def resolve_times(exp):
                                 ("--edm_levels", _EDM_LEVELS.value),
                                 ("--edm_solver", _EDM_SOLVER.value)) if v]
   if given:
-    raise ValueError(f"{_WORKDIR.value} holds a method={exp.config.method} model in TrigFlow time "
-                     f"t in (0, pi/2]: use --steps or --times, not {', '.join(given)}.")
+    raise UserError(f"{_WORKDIR.value} holds a method={exp.config.method} model in TrigFlow time "
+                    f"t in (0, pi/2]: use --steps or --times, not {', '.join(given)}.")
   steps = _STEPS.value
+  if steps is not None and steps < 1:
+    raise UserError(f"--steps={steps}: give at least 1 sampling step.")
   if _TIMES.value:
-    out = [float(t) for t in _TIMES.value]
+    out = numbers(_TIMES.value, "--times", float)
   elif (steps or 1) == 1:
     out = [trigflow.HALF_PI]
   elif steps == 2:
     out = [trigflow.HALF_PI, float(exp.config.scm.two_step_t)]
   else:
-    raise ValueError(f"--steps={steps}: give the {steps} times with --times (decreasing, "
-                     "pi/2 first).")
+    raise UserError(f"--steps={steps}: give the {steps} times with --times (decreasing, "
+                    "pi/2 first).")
   if steps is not None and len(out) != steps:
-    raise ValueError(f"--steps={steps} but {len(out)} times were given: {out}.")
+    raise UserError(f"--steps={steps} but {len(out)} times were given: {out}.")
   return [float(t) for t in trigflow.check_times(out)]
 
 
@@ -132,13 +151,13 @@ def parse_labels(values):
   try:
     return np.asarray([int(v) for v in values])
   except ValueError:
-    raise ValueError(f"--labels must be 'random' or integers, got {','.join(values)!r}.") from None
+    raise UserError(f"--labels must be 'random' or integers, got {','.join(values)!r}.") from None
 
 
 def load_params(workdir: str, which: str = "ema", step: str = "latest"):
   """(experiment, params, step) restored from a workdir; clear errors for missing/bad ones."""
   if step != "latest" and not step.isdigit():
-    raise ValueError(f"--checkpoint must be 'latest' or a step number, got {step!r}.")
+    raise UserError(f"--checkpoint must be 'latest' or a step number, got {step!r}.")
   config = restore.workdir_config(workdir)
   exp, state, _ = restore.restore_state(workdir, config, None if step == "latest" else int(step))
   return exp, (state.ema_params if which == "ema" else state.params), int(state.step)
@@ -150,19 +169,21 @@ def main(argv):
   cli.setup_logging()
   with cli.user_errors_exit():
     if _NUM.value < 1:
-      raise ValueError("--num_samples must be at least 1.")
-    if not _OUT.value.endswith(".npz"):
-      raise ValueError(f"--out must name a .npz file, got {_OUT.value!r}.")
+      raise UserError("--num_samples must be at least 1.")
+    if _BATCH.value < 1:
+      raise UserError(f"--batch_size={_BATCH.value}: give at least 1 sample per call.")
+    files.check_output_file(_OUT.value, "--out", ".npz")
+    if _GRID.value:
+      files.check_output_file(_GRID.value, "--grid", ".png")
     exp, params, step = load_params(_WORKDIR.value, _PARAMS.value, _CHECKPOINT.value)
     plan = resolve_plan(exp)
     labels = exp.resolve_labels(parse_labels(_LABELS.value), _NUM.value, seed=_SEED.value)
     samples = exp.generate(params, plan, _NUM.value, seed=_SEED.value,
                            batch_size=_BATCH.value, labels=labels)
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-      tmp = _OUT.value[:-4] + ".tmp.npz"
-      np.savez(tmp, arr_0=samples, **({} if labels is None else {"arr_1": labels}))
-      os.replace(tmp, _OUT.value)
+      buffer = io.BytesIO()
+      np.savez(buffer, arr_0=samples, **({} if labels is None else {"arr_1": labels}))
+      files.write_atomically(_OUT.value, buffer.getvalue())
       how = (f"with {plan.solver} over {plan.num_levels} levels ({plan.nfe} evaluations)"
              if isinstance(plan, sampling.EDMPlan)
              else f"at {'times' if exp.is_trigflow else 'sigmas'} {plan}")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm_jax import karras, ode
+from cm_jax.errors import UserError
 
 ConsistencyFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -40,7 +41,11 @@ def sigmas_from_ts(ts: Sequence[int], steps: int, levels: karras.NoiseLevels) ->
   The last index of a released list (e.g. 17 of 0,11,17 of 18) is the end of the trajectory
   (sigma_min) and is not evaluated; a single index is one level.
   """
-  sigmas = karras.ts_to_sigmas([int(t) for t in ts], steps, levels)  # validates every index
+  ts = [int(t) for t in ts]
+  if any(b <= a for a, b in zip(ts, ts[1:])):
+    raise UserError(f"ts indices must increase strictly (0 = sigma_max first, the last = the end "
+                    f"of the trajectory), got {','.join(map(str, ts))}.")
+  sigmas = karras.ts_to_sigmas(ts, steps, levels)  # validates every index
   return check_sigmas(sigmas[:-1] if len(sigmas) > 1 else sigmas, levels)
 
 
@@ -48,18 +53,22 @@ def check_sigmas(sigmas: Sequence[float], levels: karras.NoiseLevels) -> np.ndar
   """Sampling levels must decrease strictly and lie in (sigma_min, sigma_max]."""
   s = np.asarray(sigmas, np.float64).reshape(-1)
   if s.size == 0:
-    raise ValueError("Give at least one sampling level.")
+    raise UserError("Give at least one sampling level.")
   # Relative slack both ends: a grid's end computed in float lands a rounding away from eps / T.
   if np.any(s <= levels.sigma_min * (1 + 1e-6)) or np.any(s > levels.sigma_max * (1 + 1e-6)):
-    raise ValueError(f"Sampling levels must lie in ({levels.sigma_min}, {levels.sigma_max}], "
-                     f"got {s.tolist()}.")
+    raise UserError(f"Sampling levels must lie in ({levels.sigma_min}, {levels.sigma_max}], "
+                    f"got {_levels(s)}.")
   if np.any(np.diff(s) >= 0):
-    raise ValueError(f"Sampling levels must decrease strictly, got {s.tolist()}.")
+    raise UserError(f"Sampling levels must decrease strictly, got {_levels(s)}.")
   return s
 
 
+def _levels(s: np.ndarray) -> str:
+  return "[" + ", ".join(f"{x:.6g}" for x in s) + "]"
+
+
 def multistep_sample(f: ConsistencyFn, key, indices, sample_shape, sigmas,
-                     levels: karras.NoiseLevels, clip: bool = True) -> jnp.ndarray:
+                    levels: karras.NoiseLevels, clip: bool = True) -> jnp.ndarray:
   """CM Algorithm 1: x = f(s_0 z, s_0); then x = f(x + sqrt(s^2 - eps^2) z', s) for s in sigmas[1:].
 
   One level is one-step sampling. `sigmas` is a static sequence (usually starting at sigma_max).
@@ -95,7 +104,7 @@ class EDMPlan:
   def __post_init__(self):
     ode.get_step(self.solver)  # validates the name
     if self.num_levels < 2:
-      raise ValueError(f"EDM sampling needs at least 2 levels, got {self.num_levels}.")
+      raise UserError(f"EDM sampling needs at least 2 levels, got {self.num_levels}.")
 
   @classmethod
   def from_config(cls, sample_config) -> "EDMPlan":

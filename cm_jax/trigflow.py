@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm_jax import karras, ode, sampling
+from cm_jax.errors import UserError
 
 HALF_PI = math.pi / 2
 VelocityFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -74,16 +75,16 @@ def check_times(times: Sequence[float]) -> np.ndarray:
   """Consistency sampling times must decrease strictly and lie in (0, pi/2]."""
   t = np.asarray(times, np.float64).reshape(-1)
   if t.size == 0:
-    raise ValueError("Give at least one sampling time.")
+    raise UserError("Give at least one sampling time.")
   if np.any(t <= 0) or np.any(t > HALF_PI * (1 + 1e-6)):
-    raise ValueError(f"TrigFlow sampling times must lie in (0, pi/2], got {t.tolist()}.")
+    raise UserError(f"TrigFlow sampling times must lie in (0, pi/2], got {t.tolist()}.")
   if np.any(np.diff(t) >= 0):
-    raise ValueError(f"TrigFlow sampling times must decrease strictly, got {t.tolist()}.")
+    raise UserError(f"TrigFlow sampling times must decrease strictly, got {t.tolist()}.")
   return t
 
 
 def multistep_sample(velocity: VelocityFn, key, indices, sample_shape, times, sigma_data: float,
-                     clip: bool = True) -> jnp.ndarray:
+                    clip: bool = True) -> jnp.ndarray:
   """sCM's 1- and few-step sampler: x = f(sd z, times[0]) (times[0] = pi/2: pure noise); then for
   each t in times[1:]: x = f(cos(t) x + sin(t) sd z', t). Clipped to [-1, 1] after every f."""
   x = None

@@ -17,6 +17,9 @@
 #        copies this checkout to every worker of the TPU VM, installs it, and starts the same
 #        command on all workers (gcloud compute tpus tpu-vm ssh --worker=all). Logs: on each
 #        worker ~/cm_jax/logs/HOSTNAME.log, and here WORKDIR/logs/tpu-NAME.log.
+# Exit status (also of python -m cm_jax.train): 0 finished or already complete; 2 a mistake in
+# the flags, config or workdir (nothing written); 75 stopped by SIGTERM / Ctrl-C after saving a
+# checkpoint: run the same command to resume (schedulers requeue on it); else a failure.
 # --dry_run prints every command instead of running it. Flags this script does not know (and all
 # after `--`) go to `python -m cm_jax.train`. CM_JAX_PYTHON=/path/to/python uses that interpreter
 # as it is, instead of creating or updating the .venv (launch/env.sh).
@@ -150,7 +153,9 @@ local)  # K processes on this machine
     for p in "${alive[@]}"; do
       if kill -0 "$p" 2>/dev/null; then still+=("$p"); continue; fi
       rc=0; wait "$p" || rc=$?
-      if ((rc != 0 && status == 0)); then
+      if ((rc == 75 && status == 0)); then
+        status=75  # stopped after saving (preempted): the others stop at the same step
+      elif ((rc != 0 && (status == 0 || status == 75))); then
         status=$rc
         echo "launch/train.sh: process $p exited with $rc; stopping the others (see $logdir/)" >&2
         for q in "${pids[@]}"; do kill -TERM "$q" 2>/dev/null || true; done

@@ -71,7 +71,7 @@ def test_workdir_of_another_config_is_refused_and_kept(trained):
   workdir, _ = trained
   before = sorted(os.listdir(workdir / "checkpoints"))
   _error(train(workdir, "configs/digits.py:method=ct,runlocal", check=False),
-         "holds a checkpoint of another config", "method")
+         "holds a checkpoint (step 4) of another config", "method")
   assert sorted(os.listdir(workdir / "checkpoints")) == before
 
 

@@ -104,3 +104,12 @@ def test_loading_a_wrong_directory_is_a_clear_error(reference, tmp_path):
   from cm_jax.evaluation import lpips
   with pytest.raises(ValueError, match="holds 'fid_inception_v3_2015' weights"):
     lpips.load.__wrapped__(reference[4])
+
+
+def test_converter_refuses_to_replace_weights_unless_told(reference, capsys):
+  _, _, _, src, dst = reference
+  before = os.path.getmtime(os.path.join(dst, "params.msgpack"))
+  assert convert_cli.main(["inception", f"--src={src}", f"--dst={dst}"]) == 2
+  assert "already holds converted weights; pass --overwrite" in capsys.readouterr().err
+  assert os.path.getmtime(os.path.join(dst, "params.msgpack")) == before
+  assert convert_cli.main(["inception", f"--src={src}", f"--dst={dst}", "--overwrite"]) == 0

@@ -33,7 +33,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
   _, rest = proc.communicate(timeout=300)
   log.append(rest)
   text = "".join(log)
-  assert proc.returncode == 0, text[-3000:]
+  assert proc.returncode == 75, text[-3000:]  # cli.EXIT_PREEMPTED: stopped, to be resumed
   assert "Stopped by SIGTERM" in text, text[-3000:]
   stopped_at = int(restore(tmp_path / "interrupted")[1]["step"])
   assert 20 <= stopped_at < 200

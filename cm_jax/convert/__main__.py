@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 
+from cm_jax import cli, files
 from cm_jax.convert import store, torch_weights
+from cm_jax.errors import UserError
 from cm_jax.evaluation import inception, lpips
 
 
@@ -22,6 +25,21 @@ def _sha256(path: str) -> str:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
+
+
+def check_destination(dst: str, overwrite: bool) -> None:
+  """--dst is a new or empty directory, or (with --overwrite) one of converted weights; never a
+  training workdir or another folder with files in it."""
+  files.check_output_dir(dst, "--dst")
+  if not os.path.isdir(dst) or not os.listdir(dst):
+    return
+  entries = set(os.listdir(dst))
+  if not entries <= {store.PARAMS_FILE, store.META_FILE}:
+    raise UserError(f"--dst={dst} already holds other files ({', '.join(sorted(entries)[:5])}); "
+                    "converted weights get a directory of their own: give a new or empty one.")
+  if not overwrite:
+    raise UserError(f"--dst={dst} already holds converted weights; pass --overwrite to replace "
+                    "them, or give a new directory.")
 
 
 def convert_inception(src: str, dst: str) -> dict:
@@ -52,17 +70,21 @@ def main(argv=None) -> int:
   p.add_argument("--vgg", required=True)
   p.add_argument("--heads", required=True)
   p.add_argument("--dst", required=True)
+  for p in sub.choices.values():
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace converted weights already in --dst")
+    p.add_argument("--debug", action="store_true", help="print the traceback of every error")
   args = parser.parse_args(argv)
   try:
+    check_destination(args.dst, args.overwrite)
     if args.what == "inception":
       report = convert_inception(args.src, args.dst)
       use = f"--inception_weights={args.dst}"
     else:
       report = convert_lpips(args.vgg, args.heads, args.dst)
       use = f"--config.consistency.lpips_weights={args.dst}"
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (UserError, ImportError) as e:
+    return cli.report_user_error(e, debug=args.debug)
   print(f"Converted {len(report['used'])} weights (dropped {len(report['dropped'])}: "
         f"{', '.join(report['dropped'][:3])}{'...' if len(report['dropped']) > 3 else ''}) "
         f"-> {args.dst}\nUse it with {use}")

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from cm_jax import files
+from cm_jax.errors import MissingPath, UserError
 
 PARAMS_FILE = "params.msgpack"
 META_FILE = "meta.json"
@@ -34,25 +35,25 @@ def load(path: str, kind: str, template: Any, command: str) -> tuple[Any, dict]:
   """
   params_path, meta_path = os.path.join(path, PARAMS_FILE), os.path.join(path, META_FILE)
   if not os.path.isfile(params_path) or not os.path.isfile(meta_path):
-    raise FileNotFoundError(
+    raise MissingPath(
         f"No converted {kind} weights in {path!r} (expected {PARAMS_FILE} and {META_FILE}). "
         f"Convert them once with: {command}")
   with open(meta_path) as f:
     meta = json.load(f)
   if meta.get("kind") != kind:
-    raise ValueError(f"{path!r} holds {meta.get('kind')!r} weights, not {kind!r}. Convert the "
-                     f"right file with: {command}")
+    raise UserError(f"{path!r} holds {meta.get('kind')!r} weights, not {kind!r}. Convert the "
+                    f"right file with: {command}")
   with open(params_path, "rb") as f:
     raw = flax.serialization.msgpack_restore(f.read())
   flat_raw = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(raw)}
   flat_want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(template)}
   if set(flat_raw) != set(flat_want):
     missing, extra = sorted(set(flat_want) - set(flat_raw)), sorted(set(flat_raw) - set(flat_want))
-    raise ValueError(f"{params_path} does not match the {kind} network (missing {missing[:5]}, "
-                     f"unexpected {extra[:5]}). Re-convert with: {command}")
+    raise UserError(f"{params_path} does not match the {kind} network (missing {missing[:5]}, "
+                    f"unexpected {extra[:5]}). Re-convert with: {command}")
   for k, want in flat_want.items():
     if tuple(np.shape(flat_raw[k])) != tuple(want.shape):
-      raise ValueError(f"{params_path}: {k} has shape {np.shape(flat_raw[k])}, the network needs "
-                       f"{tuple(want.shape)}. Re-convert with: {command}")
+      raise UserError(f"{params_path}: {k} has shape {np.shape(flat_raw[k])}, the network needs "
+                      f"{tuple(want.shape)}. Re-convert with: {command}")
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), raw)
   return params, meta

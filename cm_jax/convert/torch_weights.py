@@ -13,17 +13,18 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import inception, lpips
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
   """The file is not the layout the converter expects; the message says what was found."""
 
 
 def load_torch_file(path: str) -> dict[str, np.ndarray]:
   """A state dict (key -> float32 array), read with torch.load(weights_only=True)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist.")
+    raise MissingPath(f"{path} does not exist.")
   try:
     import torch
   except ImportError:
@@ -32,9 +33,11 @@ def load_torch_file(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pickles of whole modules, non-torch files, truncated downloads
-    raise LayoutError(f"{path} is not a weights-only PyTorch state dict ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}). Give the .pth file of "
-                      "tensors itself (a state_dict), not a pickled model.") from None
+    # torch's own message advises weights_only=False, i.e. running the file's code: not quoted.
+    raise LayoutError(f"{path} is not a weights-only PyTorch state dict ({type(e).__name__}); "
+                      "it is damaged, not a PyTorch file, or holds Python objects besides "
+                      "tensors, which cm_jax never unpickles. Give the .pth file of tensors "
+                      "itself (a state_dict).") from None
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping) or not all(hasattr(v, "shape") for v in obj.values()):

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from cm_jax.errors import UserError
+
 # The splits each catalogue dataset has; the fake writes the same ones.
 SPLITS = {
     "cifar10": ("train", "test"),
@@ -55,7 +57,7 @@ def prepare_fake(name: str, data_dir: str, num_examples: int = 64, seed: int = 0
   Refuses a data_dir that already holds the dataset (real or fake), so it never overwrites one.
   """
   if name not in SPLITS:
-    raise ValueError(f"No fake for {name!r}; choose one of {', '.join(SPLITS)}.")
+    raise UserError(f"No fake for {name!r}; choose one of {', '.join(SPLITS)}.")
   real = tfds.builder(name, data_dir=data_dir)
   if real.data_path.exists():
     raise FileExistsError(f"{real.data_path} already exists: not writing fake data over it.")

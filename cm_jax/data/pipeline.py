@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from cm_jax.data import sources
+from cm_jax.errors import UserError
 
 _LOAD_CHUNK = 1024  # records per read in `load_split`
 _ENDLESS = 2**62  # the stop of the training stream's step range
@@ -94,7 +95,7 @@ def _process_layout(process_index: int | None, process_count: int | None) -> tup
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")
+    raise UserError(f"process_index={process_index} is not in [0, process_count={process_count}).")
   return process_index, process_count
 
 
@@ -103,19 +104,19 @@ def _open_checked(data_config: ml_collections.ConfigDict, split: str) -> sources
   source = sources.open_source(data_config, split)
   name = data_config.name
   if data_config.channels != source.channels:
-    raise ValueError(f"data.channels={data_config.channels} but {name!r} has {source.channels}-"
-                     f"channel images: set --config.data.channels={source.channels}.")
+    raise UserError(f"data.channels={data_config.channels} but {name!r} has {source.channels}-"
+                    f"channel images: set --config.data.channels={source.channels}.")
   if data_config.num_classes and data_config.num_classes != source.num_classes:
-    raise ValueError(f"data.num_classes={data_config.num_classes} but {name!r} has "
-                     f"{source.num_classes} classes (0 = unlabelled): set "
-                     f"--config.data.num_classes={source.num_classes} (or 0 to ignore labels).")
+    raise UserError(f"data.num_classes={data_config.num_classes} but {name!r} has "
+                    f"{source.num_classes} classes (0 = unlabelled): set "
+                    f"--config.data.num_classes={source.num_classes} (or 0 to ignore labels).")
   if data_config.resolution <= 0:
-    raise ValueError(f"data.resolution must be positive, got {data_config.resolution}.")
+    raise UserError(f"data.resolution must be positive, got {data_config.resolution}.")
   native = source.resolution
   if native and data_config.resolution > native and not source.allow_upsample:
-    raise ValueError(f"data.resolution={data_config.resolution} but {name!r} holds {native}x"
-                     f"{native} images, and upsampling them would only blur: set "
-                     f"--config.data.resolution={native} (or smaller, to train downsampled).")
+    raise UserError(f"data.resolution={data_config.resolution} but {name!r} holds {native}x"
+                    f"{native} images, and upsampling them would only blur: set "
+                    f"--config.data.resolution={native} (or smaller, to train downsampled).")
   return source
 
 
@@ -132,11 +133,11 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
   """
   process_index, process_count = _process_layout(process_index, process_count)
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(
+    raise UserError(
         f"The global batch size {global_batch_size} must be a positive multiple of the process "
         f"count {process_count}: change train.batch_size (or the number of processes).")
   if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    raise UserError(f"start_step must be >= 0, got {start_step}.")
   source = _open_checked(data_config, "train")
   local = global_batch_size // process_count
   rows = np.arange(process_index * local, (process_index + 1) * local)  # global row numbers

@@ -22,6 +22,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from cm_jax.data import digits
+from cm_jax.errors import MissingPath, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -124,12 +125,12 @@ class TfdsDataset:
     builder = tfds.builder(self.tfds_name, data_dir=data_dir)
     if not _is_prepared(builder):
       if self.prepare is None:
-        raise FileNotFoundError(tfds_build_hint(self.tfds_name, data_dir))
+        raise MissingPath(tfds_build_hint(self.tfds_name, data_dir))
       self.prepare(data_dir)
       builder = tfds.builder(self.tfds_name, data_dir=data_dir)
     if split not in builder.info.splits:
-      raise ValueError(f"Dataset {self.tfds_name!r} has no split {split!r}; it has "
-                       f"{sorted(builder.info.splits)}.")
+      raise UserError(f"Dataset {self.tfds_name!r} has no split {split!r}; it has "
+                      f"{sorted(builder.info.splits)}.")
     return _TfdsSource(builder, split, self, int(data_config.resolution))
 
 
@@ -146,13 +147,13 @@ class ImageFolderSource:
     self.root = os.path.expanduser(root)
     where = f"data.name='image_folder:{root}'"
     if not root:
-      raise ValueError("image_folder needs a path: data.name='image_folder:/path/to/images'.")
+      raise UserError("image_folder needs a path: data.name='image_folder:/path/to/images'.")
     if not os.path.isdir(self.root):
-      raise FileNotFoundError(f"{where}: {self.root} is not a directory.")
+      raise MissingPath(f"{where}: {self.root} is not a directory.")
     self.channels = int(data_config.channels)
     if self.channels not in (1, 3):
-      raise ValueError(f"{where}: data.channels must be 1 (greyscale) or 3 (RGB), got "
-                       f"{self.channels}; images are converted to that.")
+      raise UserError(f"{where}: data.channels must be 1 (greyscale) or 3 (RGB), got "
+                      f"{self.channels}; images are converted to that.")
     self._mode = "L" if self.channels == 1 else "RGB"
     self._size = int(data_config.resolution)
     files = []
@@ -161,8 +162,8 @@ class ImageFolderSource:
       files += [os.path.relpath(os.path.join(dirpath, f), self.root) for f in filenames
                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
-      raise ValueError(f"{where}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under "
-                       f"{self.root}: put the training images there (subfolders are searched).")
+      raise UserError(f"{where}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under "
+                      f"{self.root}: put the training images there (subfolders are searched).")
     self.files = sorted(files)
     self.num_classes = 0
     self._labels = np.zeros(len(self.files), np.int32)
@@ -170,7 +171,7 @@ class ImageFolderSource:
       top = [f.split(os.sep)[0] if os.sep in f else None for f in self.files]
       loose = [f for f, t in zip(self.files, top) if t is None]
       if loose:
-        raise ValueError(
+        raise UserError(
             f"{where} with data.num_classes={data_config.num_classes}: the class of an image is "
             f"its top-level subfolder, but {len(loose)} images lie directly in {self.root} (e.g. "
             f"{loose[0]!r}). Move them into class folders, or set --config.data.num_classes=0.")
@@ -188,7 +189,7 @@ class ImageFolderSource:
       with Image.open(path) as image:
         image = image.convert(self._mode)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-      raise ValueError(f"Cannot read image {path}: {e}. Remove or replace the file.") from e
+      raise UserError(f"Cannot read image {path}: {e}. Remove or replace the file.") from e
     return center_crop_resize(image, self._size)
 
   def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -198,8 +199,8 @@ class ImageFolderSource:
 
 def _open_image_folder(path: str, split: str, data_config: ml_collections.ConfigDict) -> Source:
   if split != "train":
-    raise ValueError(f"An image folder has one split, 'train' (all of "
-                     f"data.name='image_folder:{path}'), not {split!r}.")
+    raise UserError(f"An image folder has one split, 'train' (all of "
+                    f"data.name='image_folder:{path}'), not {split!r}.")
   return ImageFolderSource(path, data_config)
 
 
@@ -229,4 +230,4 @@ def open_source(data_config: ml_collections.ConfigDict, split: str) -> Source:
   prefix, colon, arg = name.partition(":")
   if colon and prefix in _PREFIXED:
     return _PREFIXED[prefix](arg, split, data_config)
-  raise ValueError(f"Unknown dataset {name!r} (data.name); known: {', '.join(known_names())}.")
+  raise UserError(f"Unknown dataset {name!r} (data.name); known: {', '.join(known_names())}.")

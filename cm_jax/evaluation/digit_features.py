@@ -25,6 +25,7 @@ import numpy as np
 from cm_jax import files
 import optax
 
+from cm_jax.errors import UserError
 from cm_jax.evaluation.frechet import frechet_distance, stats_from_features
 
 DEFAULT_STEPS = 600
@@ -64,16 +65,16 @@ def to_model_input(images: np.ndarray, resolution: int | None = None) -> np.ndar
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] != 1 or images.shape[1] != images.shape[2]:
-    raise ValueError(f'expected digit images [N, R, R, 1], got shape {images.shape}')
+    raise UserError(f'expected digit images [N, R, R, 1], got shape {images.shape}')
   if resolution is not None and images.shape[1] != resolution:
-    raise ValueError(f'expected {resolution}x{resolution} images, got {images.shape[1]}x'
-                     f'{images.shape[2]}')
+    raise UserError(f'expected {resolution}x{resolution} images, got {images.shape[1]}x'
+                    f'{images.shape[2]}')
   if images.dtype == np.uint8:
     return images.astype(np.float32) / 127.5 - 1.0
   images = images.astype(np.float32)
   if images.size and np.abs(images).max() > 1.5:
-    raise ValueError(f'float images must be in [-1, 1], got values up to {np.abs(images).max():.3g};'
-                     ' pass uint8 for [0, 255] data')
+    raise UserError(f'float images must be in [-1, 1], got values up to {np.abs(images).max():.3g};'
+                    ' pass uint8 for [0, 255] data')
   return images
 
 
@@ -198,9 +199,9 @@ def train_digit_classifier(train_images: np.ndarray, train_labels: np.ndarray, *
   x = to_model_input(train_images)
   y = np.asarray(train_labels, dtype=np.int32)
   if x.shape[1] % 4:
-    raise ValueError(f'resolution must be divisible by 4, got {x.shape[1]}')
+    raise UserError(f'resolution must be divisible by 4, got {x.shape[1]}')
   if y.shape != (x.shape[0],):
-    raise ValueError(f'expected {x.shape[0]} labels, got shape {y.shape}')
+    raise UserError(f'expected {x.shape[0]} labels, got shape {y.shape}')
   rng = np.random.default_rng(seed)
   module = DigitCNN(num_classes=num_classes)
   opt, step = _train_step(num_classes, module.feature_dim, steps, lr)
@@ -228,7 +229,7 @@ def _restore_params(path: str, resolution: int, num_classes: int) -> Any:
   for (kp, want), got in zip(jax.tree_util.tree_leaves_with_path(template),
                              jax.tree_util.tree_leaves(params)):
     if np.shape(got) != want.shape:
-      raise ValueError(f'{jax.tree_util.keystr(kp)}: shape {np.shape(got)} != {want.shape}')
+      raise UserError(f'{jax.tree_util.keystr(kp)}: shape {np.shape(got)} != {want.shape}')
   return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
 
 
@@ -290,8 +291,8 @@ def quality_report(net: DigitFeatureNet, samples: np.ndarray, reference_images: 
   """
   n_samples, n_heldout = len(samples), len(heldout_images)
   if n_samples < n_heldout:
-    raise ValueError(f'quality_report needs at least as many samples as held-out images '
-                     f'({n_heldout}), got {n_samples}')
+    raise UserError(f'quality_report needs at least as many samples as held-out images '
+                    f'({n_heldout}), got {n_samples}')
   mu_ref, sigma_ref = stats_from_features(net.features(reference_images))
 
   def describe(images):

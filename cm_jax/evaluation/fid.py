@@ -15,7 +15,9 @@ from typing import Iterable, Optional
 import jax
 import numpy as np
 
+from cm_jax import files as file_io
 from cm_jax import parallel
+from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import inception
 from cm_jax.evaluation.frechet import RunningStats, frechet_distance  # noqa: F401 (re-export)
 
@@ -74,9 +76,9 @@ class InceptionNet(FeatureNet):
 def load_inception_net(weights: Optional[str], batch_size: int = 64) -> InceptionNet:
   """The FID Inception from a converted directory; a clear error when none is given."""
   if not weights:
-    raise ValueError("Inception features need converted weights: --inception_weights=DIR, made "
-                     f"once by `{inception.CONVERT_COMMAND}` from pytorch-fid's weight file. "
-                     "(For the digits default use --features=digits.)")
+    raise UserError("Inception features need converted weights: --inception_weights=DIR, made "
+                    f"once by `{inception.CONVERT_COMMAND}` from pytorch-fid's weight file. "
+                    "(For the digits default use --features=digits.)")
   return InceptionNet(inception.load(weights), batch_size=batch_size)
 
 
@@ -100,12 +102,12 @@ def check_images(images, channels: int) -> np.ndarray:
   """uint8 [N, H, W, C] with C = channels, or a clear error."""
   images = np.asarray(images)
   if images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 in [0, 255] (the .npz sample layout), got "
-                     f"{images.dtype}; convert floats in [-1, 1] with (x + 1) * 127.5, rounded.")
+    raise UserError(f"images must be uint8 in [0, 255] (the .npz sample layout), got "
+                    f"{images.dtype}; convert floats in [-1, 1] with (x + 1) * 127.5, rounded.")
   if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[-1] != channels:
-    raise ValueError(f"images must be [N, H, W, {channels}] (square, {channels} channel"
-                     f"{'s' if channels > 1 else ''} for this feature network), got "
-                     f"{images.shape}.")
+    raise UserError(f"images must be [N, H, W, {channels}] (square, {channels} channel"
+                    f"{'s' if channels > 1 else ''} for this feature network), got "
+                    f"{images.shape}.")
   return images
 
 
@@ -151,7 +153,7 @@ class InceptionScore:
 
   def scores(self) -> np.ndarray:
     if self.split_size == 0 or np.any(self.count == 0):
-      raise ValueError(f"Inception Score needs at least {self.splits} images, got {self.seen}.")
+      raise UserError(f"Inception Score needs at least {self.splits} images, got {self.seen}.")
     mean_p = self.sum_p / self.count[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
       ent = np.where(mean_p > 0, mean_p * np.log(mean_p), 0.0).sum(-1)
@@ -245,22 +247,22 @@ class SampleFile:
   def __init__(self, path: str):
     import zipfile
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} does not exist.")
+      raise MissingPath(f"{path} does not exist.")
     self.path = path
     try:
       with zipfile.ZipFile(path) as z:
         names = z.namelist()
         if "arr_0.npy" not in names:
-          raise ValueError(f"{path} has no arr_0: sample files hold arr_0 = uint8 [N, H, W, C] "
-                           "(what `python -m cm_jax.sample` and ADM's sampler write).")
+          raise UserError(f"{path} has no arr_0: sample files hold arr_0 = uint8 [N, H, W, C] "
+                          "(what `python -m cm_jax.sample` and ADM's sampler write).")
         with z.open("arr_0.npy") as f:
           self.shape, self.dtype, self._fortran = self._header(f)
     except zipfile.BadZipFile as e:
-      raise ValueError(f"{path} is not a readable .npz file ({e}).") from None
+      raise UserError(f"{path} is not a readable .npz file ({e}).") from None
     if (self.dtype != np.uint8 or len(self.shape) != 4 or self.shape[1] != self.shape[2]
         or self._fortran):
-      raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, C] with H = W, got "
-                       f"{self.dtype} {self.shape}. Save samples as uint8 in [0, 255].")
+      raise UserError(f"{path}: arr_0 must be uint8 [N, H, W, C] with H = W, got "
+                      f"{self.dtype} {self.shape}. Save samples as uint8 in [0, 255].")
 
   @staticmethod
   def _header(f):
@@ -283,7 +285,7 @@ class SampleFile:
         n = min(batch_size, len(self) - start)
         buf = f.read(n * item)
         if len(buf) != n * item:
-          raise ValueError(f"{self.path}: arr_0 is truncated at image {start}.")
+          raise UserError(f"{self.path}: arr_0 is truncated at image {start}.")
         yield np.frombuffer(buf, np.uint8).reshape((n,) + self.shape[1:])
 
   def head(self, n: int) -> np.ndarray:
@@ -294,8 +296,8 @@ def load_sample_file(path: str, channels: Optional[int] = None) -> SampleFile:
   """arr_0 of an .npz sample file (uint8 [N, H, W, C]), checked, to be read in batches."""
   images = SampleFile(path)
   if channels is not None and images.shape[-1] != channels:
-    raise ValueError(f"{path}: arr_0 has {images.shape[-1]} channels, the feature network takes "
-                     f"{channels} (use --features=digits for 1-channel digits, inception for RGB).")
+    raise UserError(f"{path}: arr_0 has {images.shape[-1]} channels, the feature network takes "
+                    f"{channels} (use --features=digits for 1-channel digits, inception for RGB).")
   return images
 
 
@@ -303,23 +305,21 @@ def load_reference(path: str, net: FeatureNet, batch_size: int = 256,
                    keep_features: bool = False) -> Reference:
   """An .npz of precomputed statistics (`mu`, `sigma`, as pytorch-fid and ADM's reference batches
   store them) or of reference images (`arr_0`, statistics computed here)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Reference {path} does not exist.")
-  with np.load(path) as data:
-    files = set(data.files)
-    if {"mu", "sigma"} <= files and not (keep_features and "arr_0" in files):
+  with file_io.open_npz(path, "Reference") as data:
+    keys = set(data.files)
+    if {"mu", "sigma"} <= keys and not (keep_features and "arr_0" in keys):
       mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
       if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu must be [D] and sigma [D, D], got {mu.shape} and "
-                         f"{sigma.shape}.")
+        raise UserError(f"{path}: mu must be [D] and sigma [D, D], got {mu.shape} and "
+                        f"{sigma.shape}.")
       if mu.shape[0] != net.dim:
-        raise ValueError(f"{path} holds {mu.shape[0]}-d statistics, but the {net.name} features "
-                         f"are {net.dim}-d: use reference statistics of the same feature network "
-                         f"(--features={'inception' if mu.shape[0] == 2048 else 'digits'}?).")
+        raise UserError(f"{path} holds {mu.shape[0]}-d statistics, but the {net.name} features "
+                        f"are {net.dim}-d: use reference statistics of the same feature network "
+                        f"(--features={'inception' if mu.shape[0] == 2048 else 'digits'}?).")
       return Reference(mu, sigma, path)
-    if "arr_0" not in files:
-      raise ValueError(f"{path} holds neither mu/sigma nor arr_0 (keys: {sorted(files)}): give "
-                       "reference statistics or a reference sample file.")
+    if "arr_0" not in keys:
+      raise UserError(f"{path} holds neither mu/sigma nor arr_0 (keys: {sorted(keys)}): give "
+                      "reference statistics or a reference sample file.")
   return reference_from_images(load_sample_file(path, net.channels), net, path, batch_size,
                                keep_features)
 
@@ -394,5 +394,5 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
   evaluator: precision = fake inside the real manifold, recall = real inside the fake one."""
   real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
   if len(real) <= k or len(fake) <= k:
-    raise ValueError(f"precision/recall needs more than k={k} real and generated features.")
+    raise UserError(f"precision/recall needs more than k={k} real and generated features.")
   return (_coverage(fake, real, _radii(real, k)), _coverage(real, fake, _radii(fake, k)))

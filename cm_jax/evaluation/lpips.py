@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cm_jax.errors import UserError
 from cm_jax.evaluation.inception import resize_bilinear
 
 KIND = "lpips_vgg16_v0.1"
@@ -65,8 +66,8 @@ def load(path: str):
   """Converted LPIPS params (NumPy) from a directory written by the converter."""
   from cm_jax.convert import store
   if not path:
-    raise ValueError("distance='lpips' needs converted VGG16 + LPIPS v0.1 weights: set "
-                     "--config.consistency.lpips_weights=DIR, made once by: " + CONVERT_COMMAND)
+    raise UserError("distance='lpips' needs converted VGG16 + LPIPS v0.1 weights: set "
+                    "--config.consistency.lpips_weights=DIR, made once by: " + CONVERT_COMMAND)
   params, _ = store.load(path, KIND, param_template(), CONVERT_COMMAND)
   return params
 

@@ -8,6 +8,8 @@ import json
 import os
 from typing import Callable
 
+from cm_jax.errors import UserError
+
 FILE = "two_step_sigma.json"
 
 
@@ -51,7 +53,7 @@ def ternary_search(score: Callable[[int], float], lo: int, hi: int) -> tuple[int
   """argmin of a unimodal score over the integers [lo, hi], and every score evaluated (each index
   at most once). Shrinks by thirds while more than 3 candidates remain, then tries them all."""
   if lo > hi:
-    raise ValueError(f"empty search range [{lo}, {hi}]")
+    raise UserError(f"empty search range [{lo}, {hi}]")
   seen: dict[int, float] = {}
 
   def f(i):

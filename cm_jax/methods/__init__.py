@@ -1,4 +1,5 @@
 """Training methods by name: each module exposes `create(config, net, sample_shape)`."""
+from cm_jax.errors import UserError
 from cm_jax.methods import cd, ct, ect, edm, ict, scm
 
 _REGISTRY = {"ct": ct.create, "ict": ict.create, "edm": edm.create, "cd": cd.create,
@@ -21,5 +22,5 @@ OPTIONAL_TEACHERS = {"ct": "edm"}
 
 def create_method(config, net, sample_shape):
   if config.method not in _REGISTRY:
-    raise ValueError(f"Unknown method {config.method!r}; this version has {', '.join(NAMES)}.")
+    raise UserError(f"Unknown method {config.method!r}; this version has {', '.join(NAMES)}.")
   return _REGISTRY[config.method](config, net, sample_shape)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from cm_jax import distances, karras, ode
+from cm_jax.errors import UserError
 from cm_jax.methods import ct
 
 
@@ -31,9 +32,9 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
   dc = config.distill
   n, mu = int(dc.num_levels), float(dc.target_decay)
   if n < 2:
-    raise ValueError(f"distill.num_levels must be at least 2, got {n}.")
+    raise UserError(f"distill.num_levels must be at least 2, got {n}.")
   if not 0 <= mu < 1:
-    raise ValueError(f"distill.target_decay must lie in [0, 1), got {mu}.")
+    raise UserError(f"distill.target_decay must lie in [0, 1), got {mu}.")
   levels = karras.NoiseLevels.from_config(config.karras)
   return ct.ConsistencyTraining(
       net=net,

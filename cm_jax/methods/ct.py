@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from cm_jax import distances, karras
+from cm_jax.errors import UserError
 
 # net(params, x_in [B,H,W,C], c_noise [B], labels [B] | None, train, dropout_rng) -> F [B,H,W,C]
 Net = Callable[..., jnp.ndarray]
@@ -33,7 +34,7 @@ def ct_num_levels(step, total_steps: int, s0: int, s1: int, xp=jnp):
 
 def check_ema_schedule(schedule: str) -> None:
   if schedule not in ("paper", "release"):
-    raise ValueError(f"consistency.ema_schedule must be 'paper' or 'release', got {schedule!r}.")
+    raise UserError(f"consistency.ema_schedule must be 'paper' or 'release', got {schedule!r}.")
 
 
 def ct_target_decay(num_levels, s0: int, mu0: float, schedule: str = "paper", xp=jnp):
@@ -106,7 +107,7 @@ class ConsistencyTraining:
     x_hi = x + karras.per_sample(sigma_hi, x) * z
     if self.uses_teacher:
       if frozen is None:
-        raise ValueError("Distillation needs the teacher's parameters: pass them as `frozen`.")
+        raise UserError("Distillation needs the teacher's parameters: pass them as `frozen`.")
       x_lo = jax.lax.stop_gradient(self.teacher_step(frozen, x_hi, sigma_hi, sigma_lo, labels))
     else:
       # The same z on both sides: x_lo is the exact ODE point for a one-sample data distribution.
@@ -144,7 +145,7 @@ def create(config, net: Net, sample_shape) -> ConsistencyTraining:
   mu0, schedule = float(cc.mu0), str(cc.ema_schedule)
   check_ema_schedule(schedule)
   if not 0 <= mu0 < 1:
-    raise ValueError(f"consistency.mu0 must lie in [0, 1), got {mu0}.")
+    raise UserError(f"consistency.mu0 must lie in [0, 1), got {mu0}.")
   num_levels = lambda step: ct_num_levels(step, total, s0, s1)
   return ConsistencyTraining(
       net=net,

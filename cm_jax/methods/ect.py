@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from cm_jax import distances, karras
+from cm_jax.errors import UserError
 from cm_jax.methods import ct, ict
 
 
@@ -54,11 +55,11 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
   ec = config.ect
   stage_steps = int(ec.stage_steps)
   if stage_steps < 1:
-    raise ValueError(f"ect.stage_steps must be at least 1, got {stage_steps}.")
+    raise UserError(f"ect.stage_steps must be at least 1, got {stage_steps}.")
   if float(ec.q) <= 1:
-    raise ValueError(f"ect.q must be > 1 (the gap t - r shrinks by q each stage), got {ec.q}.")
+    raise UserError(f"ect.q must be > 1 (the gap t - r shrinks by q each stage), got {ec.q}.")
   if float(ec.p_std) <= 0:
-    raise ValueError(f"ect.p_std must be positive, got {ec.p_std}.")
+    raise UserError(f"ect.p_std must be positive, got {ec.p_std}.")
   c = float(ec.huber_c)
   if c < 0:
     c = distances.pseudo_huber_constant(sample_shape)

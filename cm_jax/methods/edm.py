@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from cm_jax import distances, karras
+from cm_jax.errors import UserError
 from cm_jax.methods import ct
 
 
@@ -55,6 +56,6 @@ def create(config, net: ct.Net, sample_shape) -> EDMTraining:
   del sample_shape
   ec = config.edm
   if float(ec.p_std) <= 0:
-    raise ValueError(f"edm.p_std must be positive, got {ec.p_std}.")
+    raise UserError(f"edm.p_std must be positive, got {ec.p_std}.")
   return EDMTraining(net=net, levels=karras.NoiseLevels.from_config(config.karras),
                      p_mean=float(ec.p_mean), p_std=float(ec.p_std))

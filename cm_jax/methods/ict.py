@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 
 from cm_jax import distances, karras
+from cm_jax.errors import UserError
 from cm_jax.methods import ct
 
 
@@ -52,7 +53,7 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
   total = int(config.train.num_steps)
   s0, s1 = int(cc.s0), int(cc.s1)
   if not 0 < s0 <= s1:
-    raise ValueError(f"iCT needs 0 < consistency.s0 <= consistency.s1, got s0={s0}, s1={s1}.")
+    raise UserError(f"iCT needs 0 < consistency.s0 <= consistency.s1, got s0={s0}, s1={s1}.")
   levels = karras.NoiseLevels.from_config(config.karras)
   p_mean, p_std = float(cc.p_mean), float(cc.p_std)
 

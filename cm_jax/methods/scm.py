@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm_jax import karras, trigflow
+from cm_jax.errors import UserError
 from cm_jax.methods import ct
 
 HEAD = "adaptive_weight"  # the params entry of the weighting head
@@ -147,7 +148,7 @@ class ContinuousConsistency(TrigFlowBase):
     if not self.distill:
       return karras.per_sample(jnp.cos(t), x) * z - karras.per_sample(jnp.sin(t), x) * x
     if frozen is None:
-      raise ValueError("sCD needs the TrigFlow teacher's parameters: pass them as `frozen`.")
+      raise UserError("sCD needs the TrigFlow teacher's parameters: pass them as `frozen`.")
     return self.sigma_data * self.velocity(frozen, x_t, t, labels, False, None).astype(x.dtype)
 
   def tangent(self, params, x_t, t, dxt_dt, labels, rng, step):
@@ -190,11 +191,11 @@ class ContinuousConsistency(TrigFlowBase):
 def _common(config, net) -> dict:
   sc = config.scm
   if float(sc.p_std) <= 0:
-    raise ValueError(f"scm.p_std must be positive, got {sc.p_std}.")
+    raise UserError(f"scm.p_std must be positive, got {sc.p_std}.")
   if float(sc.time_scale) <= 0:
-    raise ValueError(f"scm.time_scale must be positive (1 or 1000), got {sc.time_scale}.")
+    raise UserError(f"scm.time_scale must be positive (1 or 1000), got {sc.time_scale}.")
   if sc.adaptive_weight and int(sc.weight_hidden) < 1:
-    raise ValueError(f"scm.weight_hidden must be at least 1, got {sc.weight_hidden}.")
+    raise UserError(f"scm.weight_hidden must be at least 1, got {sc.weight_hidden}.")
   return dict(net=net, sigma_data=float(config.karras.sigma_data),
               time_scale=float(sc.time_scale), p_mean=float(sc.p_mean), p_std=float(sc.p_std),
               head=WeightHead(int(sc.weight_hidden)) if sc.adaptive_weight else None)

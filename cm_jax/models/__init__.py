@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cm_jax.errors import UserError
 from cm_jax.models import layers, ncsnpp, tiny, unet
 
 NAMES = ("tiny", "ncsnpp", "adm")
@@ -24,19 +25,19 @@ NAMES = ("tiny", "ncsnpp", "adm")
 
 def _check_common(mc, data_config) -> None:
   if len(tuple(mc.channel_mult)) < 1 or int(mc.num_res_blocks) < 1 or int(mc.channels) < 1:
-    raise ValueError("model.channels, model.channel_mult and model.num_res_blocks must be "
-                     "positive (at least one level of at least one block).")
+    raise UserError("model.channels, model.channel_mult and model.num_res_blocks must be "
+                    "positive (at least one level of at least one block).")
   if mc.class_conditional and int(data_config.num_classes) < 1:
-    raise ValueError(f"model.class_conditional=True but data {data_config.name!r} has no labels "
-                     "(data.num_classes=0); set model.class_conditional=False.")
+    raise UserError(f"model.class_conditional=True but data {data_config.name!r} has no labels "
+                    "(data.num_classes=0); set model.class_conditional=False.")
   if not 0.0 <= float(mc.dropout) < 1.0:
-    raise ValueError(f"model.dropout must lie in [0, 1), got {mc.dropout}.")
+    raise UserError(f"model.dropout must lie in [0, 1), got {mc.dropout}.")
 
 
 def create_model(model_config, data_config) -> nn.Module:
   mc = model_config
   if mc.name not in NAMES:
-    raise ValueError(f"Unknown model {mc.name!r}; this version has {', '.join(NAMES)}.")
+    raise UserError(f"Unknown model {mc.name!r}; this version has {', '.join(NAMES)}.")
   _check_common(mc, data_config)
   dtype = layers.compute_dtype(str(mc.get("dtype", "float32")))
   num_classes = int(data_config.num_classes) if mc.class_conditional else 0
@@ -44,8 +45,8 @@ def create_model(model_config, data_config) -> nn.Module:
   out_channels = int(data_config.channels)
   if mc.name == "tiny":
     if remat != "none":
-      raise ValueError("model.remat applies to the paper networks (ncsnpp, adm); the tiny "
-                       "network has no remat: set model.remat=none.")
+      raise UserError("model.remat applies to the paper networks (ncsnpp, adm); the tiny "
+                      "network has no remat: set model.remat=none.")
     return tiny.TinyUNet(
         out_channels=out_channels, channels=int(mc.channels),
         channel_mult=tuple(mc.channel_mult), num_res_blocks=int(mc.num_res_blocks),
@@ -66,8 +67,8 @@ def create_model(model_config, data_config) -> nn.Module:
   head = int(mc.num_head_channels)
   widths = sorted({int(mc.channels) * m for m in common["channel_mult"]})
   if head < 1 or any(w % head for w in widths):
-    raise ValueError(f"model.num_head_channels={head} must divide every level's width "
-                     f"{widths}.")
+    raise UserError(f"model.num_head_channels={head} must divide every level's width "
+                    f"{widths}.")
   return unet.ADMUNet(num_head_channels=head,
                       use_scale_shift_norm=bool(mc.use_scale_shift_norm),
                       resblock_updown=bool(mc.resblock_updown), **common)

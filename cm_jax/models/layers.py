@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cm_jax.errors import UserError
+
 
 class GaussianFourierEmbedding(nn.Module):
   """[sin, cos](2 pi c_noise W), W ~ N(0, scale^2) drawn at init and never trained.
@@ -81,8 +83,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def compute_dtype(name: str):
   """'float32' | 'bfloat16' -> the jnp dtype; anything else is a clear error."""
   if name not in DTYPES:
-    raise ValueError(f"Unknown model.dtype {name!r}; choose one of {', '.join(DTYPES)} "
-                     "(parameters, optimizer state and EMA stay float32 either way).")
+    raise UserError(f"Unknown model.dtype {name!r}; choose one of {', '.join(DTYPES)} "
+                    "(parameters, optimizer state and EMA stay float32 either way).")
   return DTYPES[name]
 
 
@@ -92,9 +94,9 @@ REMAT_MODES = ("none", "dots", "full")
 def check_remat(mode: str) -> str:
   """`mode` if it is one of REMAT_MODES, else a clear error."""
   if mode not in REMAT_MODES:
-    raise ValueError(f"Unknown model.remat {mode!r}; choose one of {', '.join(REMAT_MODES)} "
-                     "(dots: recompute norms and activations in the backward pass; full: "
-                     "recompute whole blocks).")
+    raise UserError(f"Unknown model.remat {mode!r}; choose one of {', '.join(REMAT_MODES)} "
+                    "(dots: recompute norms and activations in the backward pass; full: "
+                    "recompute whole blocks).")
   return mode
 
 
@@ -152,8 +154,8 @@ def norm(channels: int, *, groups: int | None = None, epsilon: float = 1e-6, dty
   """
   g = groups if groups is not None else min(channels // 4, 32)
   if g < 1 or channels % g:
-    raise ValueError(f"GroupNorm: {g} groups do not divide {channels} channels; use channel "
-                     "counts that are multiples of 32 (or of 4 below 128).")
+    raise UserError(f"GroupNorm: {g} groups do not divide {channels} channels; use channel "
+                    "counts that are multiples of 32 (or of 4 below 128).")
   return nn.GroupNorm(num_groups=g, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32)
 
 
@@ -244,8 +246,8 @@ class MultiHeadAttention(nn.Module):
     b, h, w, c = x.shape
     if self.head_channels:
       if c % self.head_channels:
-        raise ValueError(f"Attention over {c} channels does not split into heads of "
-                         f"{self.head_channels}; change model.num_head_channels.")
+        raise UserError(f"Attention over {c} channels does not split into heads of "
+                        f"{self.head_channels}; change model.num_head_channels.")
       heads = c // self.head_channels
     else:
       heads = 1

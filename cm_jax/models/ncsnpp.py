@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cm_jax.errors import UserError
 from cm_jax.models import layers
 
 _RSQRT2 = 1.0 / math.sqrt(2.0)
@@ -132,13 +133,13 @@ def check_resolutions(name: str, spatial, num_levels: int, attn_resolutions) -> 
   height, width = spatial
   factor = 2 ** (num_levels - 1)
   if height != width or height % factor:
-    raise ValueError(
+    raise UserError(
         f"{name}: a {height}x{width} image does not fit {num_levels} levels (square images "
         f"whose side is divisible by {factor} = 2^(len(channel_mult) - 1)); change "
         "data.resolution or model.channel_mult.")
   present = [height // 2 ** i for i in range(num_levels)]
   missing = sorted(set(int(r) for r in attn_resolutions) - set(present))
   if missing:
-    raise ValueError(
+    raise UserError(
         f"{name}: model.attn_resolutions {list(attn_resolutions)} (in pixels) include "
         f"{missing}, which never occur; this network works at {present}.")

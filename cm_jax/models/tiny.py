@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cm_jax.errors import UserError
 from cm_jax.models import layers
 
 
@@ -32,14 +33,14 @@ class TinyUNet(nn.Module):
     b, height, width, _ = x.shape
     p = self.patch_size
     if height % p or width % p:
-      raise ValueError(f"Image size {height}x{width} is not divisible by patch_size {p}.")
+      raise UserError(f"Image size {height}x{width} is not divisible by patch_size {p}.")
     emb = layers.GaussianFourierEmbedding(self.emb_dim, self.fourier_scale)(noise)
     dt = self.dtype
     emb = nn.Dense(self.emb_dim)(emb)
     emb = nn.Dense(self.emb_dim)(nn.swish(emb))
     if self.num_classes:
       if labels is None:
-        raise ValueError("This model is class-conditional: pass labels.")
+        raise UserError("This model is class-conditional: pass labels.")
       emb = emb + nn.Embed(self.num_classes, self.emb_dim)(labels)
     if dt is not None:
       x, emb = x.astype(dt), emb.astype(dt)

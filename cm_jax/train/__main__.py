@@ -1,4 +1,11 @@
-"""python -m cm_jax.train --config=configs/digits.py:method=ict --workdir=W [--config.a.b=v]"""
+"""python -m cm_jax.train --config=configs/digits.py:method=ict --workdir=W [--config.a.b=v]
+
+Exit status: 0 finished (or already complete), 2 a mistake in the flags, config or workdir
+(one `error:` line; nothing written), 75 stopped by SIGTERM / Ctrl-C after saving (run the same
+command to resume), 1 anything else (a bug: the traceback is printed).
+"""
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,9 +26,10 @@ def main(argv):
   parallel.maybe_initialize_distributed()
   from cm_jax.train import loop, report
   with cli.user_errors_exit():
-    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    if not summary["preempted"] and _CONFIG.value.eval.report_at_end:
-      report.final_report(summary)
+    finish = report.final_report if _CONFIG.value.eval.report_at_end else None
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, finish=finish)
+  if summary["preempted"]:
+    sys.exit(cli.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from cm_jax import karras, methods, models, parallel, sampling, trigflow
+from cm_jax.errors import UserError
 from cm_jax.train import state as state_lib
 
 
@@ -83,26 +84,26 @@ class Experiment:
       return np.asarray(sampling.per_sample_labels(jax.random.PRNGKey(seed), idx,
                                                    self.num_classes))
     if not self.num_classes:
-      raise ValueError("This model is unconditional (model.class_conditional=False): it takes "
-                       "no labels.")
+      raise UserError("This model is unconditional (model.class_conditional=False): it takes "
+                      "no labels.")
     out = np.asarray(labels).reshape(-1)
     if not np.issubdtype(out.dtype, np.integer):
-      raise ValueError(f"Labels must be integers, got {out.tolist()}.")
+      raise UserError(f"Labels must be integers, got {out.tolist()}.")
     if out.size == 1:
       out = np.full((num_samples,), out[0])
     if out.size != num_samples:
-      raise ValueError(f"Got {out.size} labels for {num_samples} samples: give one per sample, "
-                       "a single one for all, or 'random'.")
+      raise UserError(f"Got {out.size} labels for {num_samples} samples: give one per sample, "
+                      "a single one for all, or 'random'.")
     if out.min() < 0 or out.max() >= self.num_classes:
-      raise ValueError(f"Labels must lie in [0, {self.num_classes - 1}], got {out.tolist()}.")
+      raise UserError(f"Labels must lie in [0, {self.num_classes - 1}], got {out.tolist()}.")
     return out.astype(np.int32)
 
   def consistency_fn(self, params, labels=None) -> sampling.ConsistencyFn:
     """f(x, sigma) in eval mode (no dropout) with parameters and labels bound."""
     if self.is_trigflow:
-      raise ValueError(f"A method={self.config.method} model lives in TrigFlow time t in "
-                       "[0, pi/2], not sigma: sample it with `Experiment.generate` (times), or "
-                       "use `velocity_fn` with cm_jax.trigflow.")
+      raise UserError(f"A method={self.config.method} model lives in TrigFlow time t in "
+                      "[0, pi/2], not sigma: sample it with `Experiment.generate` (times), or "
+                      "use `velocity_fn` with cm_jax.trigflow.")
     def f(x, sigma):
       net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
       return karras.consistency_function(net, x, sigma, self.levels)
@@ -147,7 +148,7 @@ class Experiment:
     the experiment (labels or none: one trace each).
     """
     if isinstance(plan, sampling.EDMPlan) != self.is_denoiser:
-      raise ValueError(
+      raise UserError(
           f"A method={self.config.method} model is sampled with "
           + ("an ODE solver (sampling.EDMPlan: --edm_levels, --edm_solver), not consistency "
              "levels." if self.is_denoiser else "consistency levels (sigmas), not an ODE solver."))

@@ -1,19 +1,20 @@
 """The training loop: the stateful edge around the pure, jitted train step."""
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import signal
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cm_jax import checkpoint, data, images, methods, parallel
+from cm_jax import checkpoint, data, files, images, methods, parallel, workdir_lock
+from cm_jax.errors import Diverged, UserError
 from cm_jax.train import metrics as metrics_lib
 from cm_jax.train import teacher as teacher_lib
 from cm_jax.train.experiment import Experiment
@@ -66,7 +67,7 @@ class _StopRequest:
 def check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> None:
   bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
   if bad:
-    raise FloatingPointError(
+    raise Diverged(
         f"Non-finite {', '.join(bad)} at step {step}; nothing from this step was saved. Last good "
         f"checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.learning_rate or "
         "set optim.grad_clip, then resume.")
@@ -109,7 +110,7 @@ class _NonFinite:
       return self.before
     count, first, _ = (int(x) for x in jax.device_get(self._tally))
     if count and not self.skip:
-      raise FloatingPointError(
+      raise Diverged(
           f"Non-finite loss or gradient at step {self.start + first}; nothing from it was saved. "
           f"Last good checkpoint: {_last_good(ckpt)}. Lower "
           "optim.learning_rate or set optim.grad_clip and resume, or set "
@@ -164,8 +165,12 @@ def save_grid(exp: Experiment, params, workdir: str, step: int, writer) -> str:
   return path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` when it holds a checkpoint) and returns a summary dict."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       finish: Optional[Callable[[dict], None]] = None) -> dict:
+  """Trains (resuming from `workdir` when it holds a checkpoint) and returns a summary dict.
+
+  finish(summary) runs once training reached train.num_steps in this call, still holding the
+  workdir's lock (the final report writes there)."""
   exp = Experiment.from_config(config)
   tc = config.train
   global_batch = int(tc.batch_size)
@@ -177,12 +182,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.method in methods.OPTIONAL_TEACHERS and config.get("teacher"))
   teacher_config = teacher_lib.check(config) if wants_teacher else None
   if teacher_config is None and config.get("teacher"):
-    raise ValueError(f"--config.teacher is for method="
-                     f"{' | '.join([*methods.TEACHERS, *methods.OPTIONAL_TEACHERS])}; "
-                     f"method={config.method} does not use a teacher.")
-  if jax.process_index() == 0:
-    checkpoint.check_or_write_config(workdir, config)
+    raise UserError(f"--config.teacher is for method="
+                    f"{' | '.join([*methods.TEACHERS, *methods.OPTIONAL_TEACHERS])}; "
+                    f"method={config.method} does not use a teacher.")
+  files.check_output_dir(workdir, "--workdir")
+  with _claim_workdir(workdir, config):
+    summary = _train(exp, config, workdir, teacher_config)
+    if finish is not None and not summary["preempted"] and not summary["complete"]:
+      finish(summary)
+  return summary
 
+
+@contextlib.contextmanager
+def _claim_workdir(workdir: str, config: ml_collections.ConfigDict):
+  """Holds the workdir's lock for the run and checks the config against the run it holds (on
+  process 0; the others follow its verdict). A refused run leaves nothing behind, not even the
+  workdir when it made it."""
+  name = "cm_jax_claim_workdir"
+  if jax.process_index() != 0:
+    error = parallel.from_process_0(name)
+    if error:
+      raise UserError(f"Process 0 refused the workdir: {error}")
+    yield
+    return
+  created = not os.path.exists(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lock.WorkdirLock(workdir, "cm_jax.train")
+  try:
+    lock.acquire()
+    try:
+      checkpoint.check_or_write_config(workdir, config)
+    except BaseException:
+      lock.release()
+      raise
+  except UserError as e:
+    if created and not os.listdir(workdir):
+      os.rmdir(workdir)
+    parallel.from_process_0(name, str(e) or type(e).__name__)
+    raise
+  parallel.from_process_0(name, "")
+  try:
+    yield
+  finally:
+    lock.release()
+
+
+def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
+           teacher_config) -> dict:
+  tc = config.train
+  global_batch = int(tc.batch_size)
   ckpt = checkpoint.Checkpointer(workdir, keep=int(tc.keep_checkpoints))
   teacher = None
   # The newest checkpoint that restores (a damaged newer one is moved aside with a warning).
@@ -202,6 +250,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   frozen = teacher.ema_params if teacher is not None and exp.method.uses_teacher else None
   start = int(jax.device_get(state.step))
   num_steps = int(tc.num_steps)
+  if start >= num_steps:
+    ckpt.close()
+    log.info("The run in %s is already complete: checkpoint step %d, train.num_steps=%d; "
+             "nothing to do. Sample it with `python -m cm_jax.sample --workdir=%s`. (A longer run "
+             "needs a new workdir: train.num_steps shapes the schedules.)", workdir, start,
+             num_steps, workdir)
+    return {"workdir": workdir, "start_step": start, "preempted": None, "complete": True,
+            "step": start, "checkpoint_dir": ckpt.directory, "state": state, "experiment": exp}
   writer = metrics_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
   if start == 0:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -223,7 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                skip_nonfinite=skip, state_sharding=exp.state_sharding())
   state_is_finite = make_finite_check(exp.mesh)
   nonfinite = _NonFinite(exp.mesh, start, skip, int((resumed or {}).get("skipped_steps", 0)))
-  meta = lambda s: {"step": s, "data_position": s, "method": config.method,
+  record = checkpoint.config_record(config)  # the run's identity, checked on every resume
+  meta = lambda s: {"step": s, "data_position": s, "method": config.method, "config": record,
                     "skipped_steps": nonfinite.check(ckpt),
                     **({} if teacher is None else {"teacher": teacher.meta})}
 
@@ -231,12 +288,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Never a checkpoint with NaN: the tally raises in stop mode, the state is checked anyway."""
     m = meta(s)
     if not bool(jax.device_get(state_is_finite(state))):
-      raise FloatingPointError(
+      raise Diverged(
           f"The train state holds non-finite values at step {s}; not saved. Last good checkpoint: "
           f"{_last_good(ckpt)}.")
     ckpt.save(state, m)
 
-  summary = {"workdir": workdir, "start_step": start, "preempted": None}
+  summary = {"workdir": workdir, "start_step": start, "preempted": None, "complete": False}
 
   t_last, step_last = time.perf_counter(), start
   expect = _Expectation(start, num_steps)

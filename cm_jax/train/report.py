@@ -14,7 +14,8 @@ import os
 import jax
 import numpy as np
 
-from cm_jax import data, images, methods, sampling, trigflow
+from cm_jax import cli, data, files, images, methods, sampling, trigflow
+from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import digit_features
 
 log = logging.getLogger("cm_jax")
@@ -108,9 +109,8 @@ def scores_path(workdir: str, step: int) -> str:
 
 def write_scores(workdir: str, step: int, method: str, results: dict) -> str:
   path = scores_path(workdir, step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"step": step, "method": method, **results}, f, indent=2)
+  files.write_atomically(path, json.dumps({"step": step, "method": method, **results},
+                                          indent=2).encode())
   return path
 
 
@@ -120,7 +120,7 @@ def latest_scores(workdir: str) -> dict:
   names = sorted(n for n in os.listdir(eval_dir) if n.startswith("digits_quality_step")) \
       if os.path.isdir(eval_dir) else []
   if not names:
-    raise FileNotFoundError(f"No digits_quality_step*.json in {eval_dir}: train to the end first.")
+    raise MissingPath(f"No digits_quality_step*.json in {eval_dir}: train to the end first.")
   with open(os.path.join(eval_dir, names[-1])) as f:
     return json.load(f)
 
@@ -159,6 +159,8 @@ def markdown_table(workdirs: list[str]) -> str:
           "|---|---|---|---|---|---|---|---|---|"]
   for run in workdirs:
     w, _, step = run.partition("@")
+    if step and not step.isdigit():
+      raise UserError(f"{run}: give WORKDIR or WORKDIR@STEP with a checkpoint step number.")
     s = checkpoint_scores(w, int(step)) if step else latest_scores(w)
     plans = {k: v for k, v in s.items() if isinstance(v, dict)}
     first = next(iter(plans.values()))
@@ -171,7 +173,23 @@ def markdown_table(workdirs: list[str]) -> str:
   return "\n".join(rows)
 
 
+USAGE = """python -m cm_jax.train.report WORKDIR[@STEP] ...
+
+Prints the digits quality table (markdown), one row per run: a workdir's newest scores, or those
+of checkpoint STEP (scored on demand, read-only)."""
+
+
+def main(argv: list[str]) -> int:
+  if not argv or argv[0] in ("-h", "--help"):
+    print(USAGE)
+    return 0 if argv else cli.EXIT_USER_ERROR
+  try:
+    print(markdown_table(argv))
+  except UserError as e:
+    return cli.report_user_error(e)
+  return 0
+
+
 if __name__ == "__main__":
   import sys
-  # python -m cm_jax.train.report WORKDIR[@STEP] ...
-  print(markdown_table(sys.argv[1:]))
+  sys.exit(main(sys.argv[1:]))

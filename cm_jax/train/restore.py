@@ -11,14 +11,18 @@ import ml_collections
 from jax.sharding import Mesh
 
 from cm_jax import checkpoint
+from cm_jax.errors import MissingPath
 from cm_jax.train.experiment import Experiment
 from cm_jax.train.state import TrainState
 
 
 def workdir_config(workdir: str, what: str = "--workdir") -> ml_collections.ConfigDict:
   """The config a workdir was trained with; `what` names the workdir in errors."""
+  if not os.path.exists(workdir):
+    raise MissingPath(f"{what} {workdir} does not exist.")
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"{what} {workdir} does not exist.")
+    raise MissingPath(f"{what} {workdir} is a file, not a training workdir (a directory with "
+                      "config.json and checkpoints/).")
   return checkpoint.load_config(workdir)
 
 
@@ -32,7 +36,15 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict, step: Optiona
       raise checkpoint.CheckpointError(
           f"{workdir} holds no finished checkpoint yet ({ckpt.directory}); a first save may "
           "still be in progress.")
-    state, meta = ckpt.restore(exp.abstract_state(), step)
+    wanted = ckpt.latest_step() if step is None else step
+    try:
+      state, meta = ckpt.restore(exp.abstract_state(), wanted)
+    except checkpoint.CheckpointError as e:
+      others = [s for s in ckpt.all_steps() if s != wanted]
+      if e.__cause__ is None or not others:  # no such step, or nothing else to offer
+        raise
+      raise checkpoint.CheckpointError(
+          f"{e} Other checkpoints: {others}; pick one with --checkpoint=STEP.") from e.__cause__
   finally:
     ckpt.close()
   return exp, state, meta

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cm_jax.errors import UserError
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -29,15 +31,15 @@ def learning_rate_schedule(optim_config, total_steps: int):
   lr, warmup = float(oc.learning_rate), int(oc.warmup_steps)
   decay = str(oc.get("decay", "constant"))
   if decay not in DECAYS:
-    raise ValueError(f"Unknown optim.decay {decay!r}; choose one of {', '.join(DECAYS)}.")
+    raise UserError(f"Unknown optim.decay {decay!r}; choose one of {', '.join(DECAYS)}.")
   final = float(oc.get("final_lr_fraction", 0.0))
   if not 0.0 <= final <= 1.0:
-    raise ValueError(f"optim.final_lr_fraction must lie in [0, 1], got {final}.")
+    raise UserError(f"optim.final_lr_fraction must lie in [0, 1], got {final}.")
   if decay == "constant":
     return optax.linear_schedule(0.0, lr, warmup) if warmup else lr
   if total_steps <= warmup:
-    raise ValueError(f"optim.decay={decay} needs train.num_steps ({total_steps}) > "
-                     f"optim.warmup_steps ({warmup}).")
+    raise UserError(f"optim.decay={decay} needs train.num_steps ({total_steps}) > "
+                    f"optim.warmup_steps ({warmup}).")
   if decay == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, total_steps,
                                               end_value=final * lr)
@@ -52,7 +54,7 @@ def create_optimizer(optim_config, total_steps: int) -> optax.GradientTransforma
   schedule = learning_rate_schedule(oc, total_steps)
   makers = {"adam": optax.adam, "radam": optax.radam}
   if oc.name not in makers:
-    raise ValueError(f"Unknown optimizer {oc.name!r}; choose one of {', '.join(makers)}.")
+    raise UserError(f"Unknown optimizer {oc.name!r}; choose one of {', '.join(makers)}.")
   opt = makers[oc.name](schedule, b1=float(oc.b1), b2=float(oc.b2), eps=float(oc.eps))
   if oc.grad_clip:
     opt = optax.chain(optax.clip_by_global_norm(float(oc.grad_clip)), opt)

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from cm_jax import checkpoint, methods, parallel
+from cm_jax.errors import UserError
 from cm_jax.train import restore
 from cm_jax.train.experiment import Experiment
 from cm_jax.train.state import TrainState
@@ -62,7 +63,7 @@ def check_compatible(config: ml_collections.ConfigDict, teacher_config: ml_colle
                      workdir: str) -> None:
   want = methods.TEACHERS.get(config.method, "edm")
   if teacher_config.method != want:
-    raise ValueError(
+    raise UserError(
         f"The teacher {workdir} is a method={teacher_config.method} run; method={config.method} "
         f"starts from a method={want} run. Train one with `python -m cm_jax.train "
         f"--config=configs/<dataset>.py:method={want} --workdir=TEACHER` and pass "
@@ -74,7 +75,7 @@ def check_compatible(config: ml_collections.ConfigDict, teacher_config: ml_colle
   if differ:
     details = "; ".join(f"{k}: {teacher.get(k)!r} in the teacher, {student.get(k)!r} now"
                         for k in differ)
-    raise ValueError(
+    raise UserError(
         f"The student must have the data shape, noise levels and network of its teacher {workdir} "
         f"(it starts from the teacher's weights): {details}. Pass the teacher's values, e.g. "
         f"--config.{differ[0]}={teacher.get(differ[0])}, or train a matching teacher.")
@@ -85,7 +86,7 @@ def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   path = str(config.teacher)
   want = methods.TEACHERS.get(config.method, "edm")
   if not path:
-    raise ValueError(
+    raise UserError(
         f"method={config.method} needs {_ARTICLES.get(want, 'a ' + want)} teacher: "
         "--config.teacher=TEACHER_WORKDIR, trained with `python -m cm_jax.train "
         f"--config=configs/<dataset>.py:method={want} --workdir=TEACHER_WORKDIR`.")
