@@ -37,18 +37,15 @@ the same shapes, hence the same cost.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import resource
-import sys
 import time
 from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from cm_jax import cli
+from cm_jax import cli, files
 from cm_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -338,13 +335,13 @@ def main(argv):
       raise UserError("--steps and --sample_repeats must be >= 0.")
     if _BATCH.value is not None and _BATCH.value < 1:
       raise UserError("--batch_size must be >= 1.")
+    if _JSON.value:
+      files.check_output_file(_JSON.value, "--json", ".json")
     result = run_benchmark(_CONFIG.value, _BATCH.value, _STEPS.value, _SAMPLE_REPEATS.value,
                            _MATMUL.value)
     print(format_table(result))
     if _JSON.value:
-      os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-      with open(_JSON.value, "w") as f:
-        json.dump(result, f, indent=1)
+      files.write_json_atomically(_JSON.value, result, indent=1)
       print(f"wrote {_JSON.value}")
 
 

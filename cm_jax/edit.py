@@ -15,7 +15,6 @@ resolution / factor). --mask: white (>= 128) in MASK.png marks what to generate.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from typing import Callable, Optional, Sequence
@@ -222,9 +221,7 @@ def grid_of(columns: Sequence[np.ndarray], ncols: int, limit: int = 32) -> np.nd
 
 
 def save_npz(path: str, **arrays) -> None:
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  files.write_atomically(path, buffer.getvalue())
+  files.write_npz_atomically(path, **arrays)
 
 
 def main(argv: list[str]) -> None:

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, sampling
+from cm_jax import checkpoint, cli, files, sampling
 from cm_jax.errors import UserError
 from cm_jax.evaluation import fid, inception, two_step
 
@@ -231,9 +231,7 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
 
   def save():
     if jax.process_index() == 0:
-      tmp = partial[:-4] + ".tmp.npz"
-      np.savez(tmp, next=np.int64(start), **stats.state())
-      os.replace(tmp, partial)
+      files.write_npz_atomically(partial, next=np.int64(start), **stats.state())
 
   while start < num:
     count = min(batch, num - start)
@@ -353,6 +351,8 @@ def main(argv):
     if bool(_WORKDIR.value) == bool(_SAMPLES.value):
       raise UserError("Give --workdir=W (sample and evaluate its checkpoints) or --samples=S.npz "
                       "(evaluate a sample file), not both or neither.")
+    if _JSON.value:
+      files.check_output_file(_JSON.value, "--json", ".json")
     try:
       if _SAMPLES.value:
         result = evaluate_file(_SAMPLES.value)
@@ -362,9 +362,7 @@ def main(argv):
       print(f"interrupted: {e}", file=sys.stderr)
       sys.exit(3)
     if _JSON.value and jax.process_index() == 0:
-      os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-      with open(_JSON.value, "w") as f:
-        json.dump(result, f, indent=2)
+      files.write_json_atomically(_JSON.value, result)
 
 
 if __name__ == "__main__":

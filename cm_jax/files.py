@@ -2,13 +2,15 @@
 checking output paths before the work that fills them."""
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 import zipfile
 
 import numpy as np
 
-from cm_jax.errors import UserError
+from cm_jax.errors import MissingPath, UserError
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -24,6 +26,16 @@ def write_atomically(path: str, data: bytes) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_npz_atomically(path: str, **arrays) -> None:
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_atomically(path, buffer.getvalue())
+
+
+def write_json_atomically(path: str, obj, indent: int = 2) -> None:
+  write_atomically(path, json.dumps(obj, indent=indent).encode())
 
 
 def _nearest_existing(path: str) -> str:
@@ -68,9 +80,10 @@ def check_output_file(path: str, flag: str, suffix: str = "") -> None:
 def open_npz(path: str, what: str):
   """np.load of an .npz, never unpickling; a file that is not one is a UserError naming `what`
   (numpy's own message suggests allow_pickle, which a library must never advise)."""
+  if not os.path.exists(path):
+    raise MissingPath(f"{what} {path} does not exist.")
   if not os.path.isfile(path):
-    raise UserError(f"{what} {path} does not exist." if not os.path.exists(path) else
-                    f"{what} {path} is not a file.")
+    raise UserError(f"{what} {path} is a directory, not an .npz file.")
   try:
     data = np.load(path, allow_pickle=False)
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:

@@ -1,12 +1,13 @@
 """Image grids as PNG files."""
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 from PIL import Image
 
+from cm_jax import files
 from cm_jax.errors import UserError
 
 
@@ -38,6 +39,6 @@ def save_png(path: str, grid: np.ndarray, scale: int = 1) -> None:
   img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  img.save(buffer, format="PNG")
+  files.write_atomically(path, buffer.getvalue())

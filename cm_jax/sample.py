@@ -9,7 +9,6 @@ the levels, label i), not on the batch size or the device count.
 """
 from __future__ import annotations
 
-import io
 
 import jax
 import numpy as np
@@ -181,9 +180,8 @@ def main(argv):
     samples = exp.generate(params, plan, _NUM.value, seed=_SEED.value,
                            batch_size=_BATCH.value, labels=labels)
     if jax.process_index() == 0:
-      buffer = io.BytesIO()
-      np.savez(buffer, arr_0=samples, **({} if labels is None else {"arr_1": labels}))
-      files.write_atomically(_OUT.value, buffer.getvalue())
+      files.write_npz_atomically(_OUT.value, arr_0=samples,
+                                 **({} if labels is None else {"arr_1": labels}))
       how = (f"with {plan.solver} over {plan.num_levels} levels ({plan.nfe} evaluations)"
              if isinstance(plan, sampling.EDMPlan)
              else f"at {'times' if exp.is_trigflow else 'sigmas'} {plan}")

@@ -153,8 +153,8 @@ local)  # K processes on this machine
     for p in "${alive[@]}"; do
       if kill -0 "$p" 2>/dev/null; then still+=("$p"); continue; fi
       rc=0; wait "$p" || rc=$?
-      if ((rc == 75 && status == 0)); then
-        status=75  # stopped after saving (preempted): the others stop at the same step
+      if ((rc == 75)); then
+        ((status == 0)) && status=75  # stopped after saving: the others stop at the same step
       elif ((rc != 0 && (status == 0 || status == 75))); then
         status=$rc
         echo "launch/train.sh: process $p exited with $rc; stopping the others (see $logdir/)" >&2

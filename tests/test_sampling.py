@@ -80,8 +80,10 @@ def test_ts_edge_cases():
                              [spec_sigma(i, 18) for i in (0, 5, 9)], rtol=1e-10)
   with pytest.raises(ValueError, match="must lie in"):
     sampling.sigmas_from_ts([17], 18, LEVELS)  # sigma_min itself is not a sampling level
-  with pytest.raises(ValueError, match="decrease strictly"):
+  with pytest.raises(ValueError, match="ts indices must increase strictly"):
     sampling.sigmas_from_ts([11, 0, 17], 18, LEVELS)
+  with pytest.raises(ValueError, match="got 0,17,11"):  # not a level a rounding off sigma_min
+    sampling.sigmas_from_ts([0, 17, 11], 18, LEVELS)
   with pytest.raises(ValueError, match="ts indices"):
     sampling.sigmas_from_ts([0, 18], 18, LEVELS)
 

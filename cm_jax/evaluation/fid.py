@@ -356,10 +356,7 @@ def reference_from_dataset(data_config, split: str, net: FeatureNet, cache_dir: 
   ref = Reference(stats.moments.mean(), stats.moments.cov(), f"{data_config.name}:{split}",
                   stats.all_features() if keep_features else None)
   if path and jax.process_index() == 0:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path[:-4] + ".tmp.npz"
-    np.savez(tmp, mu=ref.mu, sigma=ref.sigma)
-    os.replace(tmp, path)
+    file_io.write_npz_atomically(path, mu=ref.mu, sigma=ref.sigma)
   return ref
 
 

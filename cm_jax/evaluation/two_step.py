@@ -8,6 +8,7 @@ import json
 import os
 from typing import Callable
 
+from cm_jax import files
 from cm_jax.errors import UserError
 
 FILE = "two_step_sigma.json"
@@ -42,10 +43,7 @@ def two_step_sigma(workdir: str, config) -> tuple[float, str]:
 
 def save(workdir: str, result: dict) -> str:
   p = path(workdir)
-  os.makedirs(os.path.dirname(p), exist_ok=True)
-  with open(p + ".tmp", "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(p + ".tmp", p)
+  files.write_json_atomically(p, result)
   return p
 
 

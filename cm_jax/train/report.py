@@ -109,8 +109,7 @@ def scores_path(workdir: str, step: int) -> str:
 
 def write_scores(workdir: str, step: int, method: str, results: dict) -> str:
   path = scores_path(workdir, step)
-  files.write_atomically(path, json.dumps({"step": step, "method": method, **results},
-                                          indent=2).encode())
+  files.write_json_atomically(path, {"step": step, "method": method, **results})
   return path
 
 
