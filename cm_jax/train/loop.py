@@ -215,7 +215,7 @@ def _claim_workdir(workdir: str, config: ml_collections.ConfigDict):
     except BaseException:
       lock.release()
       raise
-  except UserError as e:
+  except BaseException as e:  # the other processes wait for a verdict: always give one
     if created and not os.listdir(workdir):
       os.rmdir(workdir)
     parallel.from_process_0(name, str(e) or type(e).__name__)
