@@ -94,9 +94,10 @@ def _differences(old: dict, new: dict) -> list[str]:
   return [f"{k}: {flat_old.get(k)!r} in the workdir, {flat_new.get(k)!r} now" for k in keys]
 
 
-def _refuse(what: str, differ: list[str], advice: str) -> None:
+def _refuse(what: str, differ: list[str]) -> None:
   more = "; ..." if len(differ) > 8 else ""
-  raise CheckpointError(f"{what} ({'; '.join(differ[:8])}{more}). {advice}")
+  raise CheckpointError(f"{what} ({'; '.join(differ[:8])}{more}). Use a new --workdir, or pass "
+                        "the same config to resume this run.")
 
 
 def read_recorded_config(workdir: str) -> Optional[dict]:
@@ -119,9 +120,9 @@ def checkpoint_config(workdir: str) -> tuple[Optional[int], Optional[dict]]:
   Reads the meta item's JSON file (`STEP/meta/metadata`, Orbax's JsonSave layout) directly:
   cheap, and it never touches the state arrays."""
   directory = os.path.join(workdir, CHECKPOINT_DIR)
-  if not has_checkpoint(workdir):
+  steps = finished_steps(workdir)[::-1]
+  if not steps:
     return None, None
-  steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
   for step in steps:
     try:
       with open(os.path.join(directory, str(step), META_ITEM, "metadata")) as f:
@@ -150,12 +151,11 @@ def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> No
     differ = _differences(ckpt_config, new)
     if differ:
       _refuse(f"The workdir {workdir} holds a checkpoint (step {ckpt_step}) of another config",
-              differ, "Use a new --workdir, or pass the same config to resume this run.")
+              differ)
   if recorded is not None:
     differ = _differences(recorded, new)
     if differ and ckpt_step is not None:
-      _refuse(f"The workdir {workdir} holds a checkpoint of another config", differ,
-              "Use a new --workdir, or pass the same config to resume this run.")
+      _refuse(f"The workdir {workdir} holds a checkpoint of another config", differ)
     if differ:
       log.warning("Replacing %s: the run it described saved no checkpoint.",
                   os.path.join(workdir, CONFIG_FILE))
@@ -209,9 +209,14 @@ def _tuples(tree):
   return tree
 
 
-def has_checkpoint(workdir: str) -> bool:
+def finished_steps(workdir: str) -> list[int]:
+  """Ascending steps of the finished checkpoints (a save in progress has a suffixed name)."""
   path = os.path.join(workdir, CHECKPOINT_DIR)
-  return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+
+
+def has_checkpoint(workdir: str) -> bool:
+  return bool(finished_steps(workdir))
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

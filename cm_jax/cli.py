@@ -64,7 +64,8 @@ def user_errors_exit():
 def _check_config_files() -> None:
   """ml_collections defers a config file that failed to load until first use; fail here."""
   from ml_collections.config_flags import config_flags  # the module: is_config_flag lives there
-  for name, flag in flags.FLAGS.__flags.items():
+  for name in flags.FLAGS:
+    flag = flags.FLAGS[name]
     if config_flags.is_config_flag(flag) and flag.present:
       error = getattr(flag.value, "_error", None)  # the stand-in for a file that did not load
       if isinstance(error, OSError):

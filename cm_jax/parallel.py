@@ -89,13 +89,19 @@ def _orbax_barriers_through_coordinator() -> None:
     flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
+def _coordination_client():
+  """jax.distributed's coordination-service client (None when JAX found the cluster without
+  it); its barriers and key-value store wait for minutes, unlike collectives."""
+  from jax._src import distributed  # the public API has only collective-based barriers
+  return distributed.global_state.client
+
+
 def barrier(name: str, timeout_s: int = 1800) -> None:
   """Waits until every process gets here (a no-op for one process): through the coordination
   service, so processes may arrive minutes apart (compiling), unlike a collective."""
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # the public API has only collective-based barriers
-  client = distributed.global_state.client
+  client = _coordination_client()
   if client is None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
@@ -108,8 +114,7 @@ def from_process_0(name: str, value: str = "", timeout_s: int = 1800) -> str:
   coordination service's key-value store, so process 0 may take minutes to decide."""
   if jax.process_count() == 1:
     return value
-  from jax._src import distributed
-  client = distributed.global_state.client
+  client = _coordination_client()
   if client is None:
     from jax.experimental import multihost_utils
     data = np.frombuffer(value.encode().ljust(4096, b"\0")[:4096], np.uint8)
