@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from cm_jax import files
+from cm_jax import defaults, files
 from cm_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -71,10 +71,9 @@ def config_record(config: ml_collections.ConfigDict) -> dict:
 
 
 def _base_defaults() -> dict[str, Any]:
-  """Flattened defaults of configs/base.py: keys a later version added, which an older workdir's
-  config.json lacks, take these values (they reproduce the older behaviour)."""
-  from configs import base  # configs/ ships with the package
-  return _flatten(config_record(base.get_base_config()))
+  """Flattened defaults (cm_jax/defaults.py): keys a later version added, which an older
+  workdir's config.json lacks, take these values (they reproduce the older behaviour)."""
+  return _flatten(config_record(defaults.base_config()))
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
     key = str(e).strip("'\"")
     print(f"error: unknown config key {key!r} (overrides given: {', '.join(overrides) or 'none'}). "
-          "Config keys are fixed (locked); see configs/base.py for the ones that exist.",
+          "Config keys are fixed (locked); see cm_jax/defaults.py for the ones that exist.",
           file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
   except (ValueError, TypeError) as e:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 from cm_jax.errors import UserError
+from cm_jax.models import lpips as lpips_lib
 
 Distance = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -37,9 +39,7 @@ def pseudo_huber(a, b, c: float):
 
 def lpips(lpips_weights: str) -> Distance:
   """LPIPS v0.1 (VGG16) from converted weights (SPEC §4): [B] distances of [-1, 1] batches,
-  inputs below 256 px resized bilinearly to 224 first. See cm_jax/evaluation/lpips.py."""
-  import jax
-  from cm_jax.evaluation import lpips as lpips_lib
+  inputs below 256 px resized bilinearly to 224 first. See cm_jax/models/lpips.py."""
   params = jax.tree_util.tree_map(jnp.asarray, lpips_lib.load(lpips_weights))
   return lambda a, b: lpips_lib.lpips_distance(params, a, b)
 

@@ -25,9 +25,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, files, sampling
+from cm_jax import checkpoint, cli, defaults, files, karras, sampling
+from cm_jax.data import pipeline
 from cm_jax.errors import UserError
-from cm_jax.evaluation import fid, inception, two_step
+from cm_jax.evaluation import digit_features, fid, inception, two_step
+from cm_jax.train import report, restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to sample and evaluate.")
 _SAMPLES = flags.DEFINE_string("samples", None, "Evaluate this .npz sample file (arr_0 uint8 "
@@ -67,12 +69,7 @@ class Interrupted(Exception):
 # ----------------------------------------------------------------------------- feature network
 
 def digit_net():
-  from cm_jax.data import pipeline
-  from cm_jax.evaluation import digit_features
-  from cm_jax.train import report
-  from configs import digits
-  data_config = digits.get_config("method=ict").data
-  train = pipeline.load_split(data_config, "train")
+  train = pipeline.load_split(defaults.base_config().data, "train")  # the default data: digits
   return fid.DigitNet(digit_features.load_or_train(report.feature_cache_dir(), train["image"],
                                                    train["label"]))
 
@@ -166,14 +163,13 @@ def plans_for(exp, workdir: str, steps: list[str]) -> dict:
       if k > 2:
         raise UserError(f"{exp.config.method} workdirs are evaluated at --steps=1,2 (TrigFlow "
                         f"times); got {k}.")
-      from cm_jax.train import report
       out[f"{k}-step"] = report.sampling_plans(exp.config, exp.levels)[f"{k}-step"]
-    elif k == 1:
+      continue
+    if k == 1:
       levels = [exp.levels.sigma_max]
     elif k == 2:
       levels = [exp.levels.sigma_max, two_step.two_step_sigma(workdir, exp.config)[0]]
     else:
-      from cm_jax import karras
       levels = list(karras.karras_sigmas(k + 1, exp.levels)[::-1][:k])
     out[f"{k}-step"] = [float(x) for x in levels]
   return out
@@ -281,7 +277,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def evaluate_workdir(workdir: str) -> list[dict]:
-  from cm_jax.train import restore
   config = restore.workdir_config(workdir)
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:

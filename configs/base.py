@@ -5,139 +5,14 @@ argument (`configs/digits.py:method=ict`), and `runlocal` shrinks any config to 
 """
 import ml_collections
 
-METHODS = ("ct", "ict", "edm", "cd", "ect", "trigflow", "sct", "scd")
+from cm_jax.defaults import METHODS, base_config
+
+__all__ = ["METHODS", "get_base_config", "parse_args"]
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.method = "ict"
-  # CD: the EDM teacher's training workdir (restored read-only, its latest checkpoint's EMA).
-  # Part of the run's identity: a resume must name the same path.
-  c.teacher = ""
-
-  # Noise levels and the boundary condition (SPEC §1).
-  c.karras = ml_collections.ConfigDict(
-      dict(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0))
-
-  c.data = ml_collections.ConfigDict(dict(
-      name="digits",          # registered in cm_jax.data
-      resolution=16,
-      channels=1,
-      num_classes=10,         # 0 = unconditional data
-      data_dir="",            # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-      random_flip=False,
-      num_workers=0,          # grain read threads; 0 = read in the main thread
-  ))
-
-  c.model = ml_collections.ConfigDict(dict(
-      name="tiny",
-      channels=64,
-      channel_mult=(1, 2),
-      num_res_blocks=2,
-      patch_size=2,
-      attn_resolutions=(4,),  # in units of the working grid after the patchify stem
-      dropout=0.0,
-      fourier_scale=16.0,     # CM: 16; iCT: 0.02
-      emb_dim=256,
-      class_conditional=False,
-      # Paper networks (SPEC §12): attn_resolutions are in pixels for ncsnpp / adm.
-      num_head_channels=64,   # adm: channels per attention head
-      use_scale_shift_norm=False,  # adm: ImageNet 64 True, LSUN 256 False
-      resblock_updown=True,   # adm: resample inside residual blocks
-      dtype="float32",        # compute dtype: float32 | bfloat16 (params, optimizer, EMA stay fp32)
-      remat="none",           # ncsnpp / adm blocks: none | dots (keep conv/matmul outputs,
-                              # recompute norms and activations) | full (keep block inputs)
-  ))
-
-  # Consistency training, shared by CT and iCT (SPEC §3-§5); the method fills in its defaults.
-  c.consistency = ml_collections.ConfigDict(dict(
-      distance="l2",          # l1 | l2 | pseudo_huber
-      lpips_weights="",       # distance=lpips: DIR from `python -m cm_jax.convert lpips`
-      s0=2,
-      s1=150,
-      mu0=0.9,
-      ema_schedule="paper",   # paper | release (CT target EMA, SPEC §3)
-      p_mean=-1.1,            # iCT log-normal pair sampling
-      p_std=2.0,
-  ))
-
-  # The EDM denoiser / teacher (SPEC §1): ln sigma ~ N(p_mean, p_std^2) in training.
-  c.edm = ml_collections.ConfigDict(dict(p_mean=-1.2, p_std=1.2))
-
-  # Consistency distillation (SPEC §2); the distance is consistency.distance.
-  c.distill = ml_collections.ConfigDict(dict(
-      num_levels=18,          # fixed N of the teacher's grid (CIFAR-10 18, ImageNet 64 / LSUN 40)
-      solver="heun",          # heun | euler: the teacher's ODE step from s_{n+1} to s_n
-      target_decay=0.0,       # target EMA mu (CIFAR-10 0 = stopgrad(theta); ImageNet / LSUN 0.95)
-  ))
-
-  # Easy consistency tuning (SPEC §6): starts from an EDM workdir (config.teacher).
-  c.ect = ml_collections.ConfigDict(dict(
-      p_mean=-1.1,            # t ~ LogNormal(p_mean, p_std) (ImageNet 64: -0.8, 1.6)
-      p_std=2.0,
-      q=2.0,                  # r = t (1 - q^-(a+1) (1 + k sigmoid(-b t))), clamped at >= 0
-      k=8.0,
-      b=1.0,
-      stage_steps=25_000,     # the stage a grows by 1 every stage_steps
-      huber_c=0.0,            # pseudo-Huber c (CIFAR-10 0); < 0: iCT's 0.00054 sqrt(d)
-  ))
-
-  # TrigFlow and continuous-time consistency models (SPEC §7): trigflow | sct | scd.
-  c.scm = ml_collections.ConfigDict(dict(
-      p_mean=-1.0,            # tau ~ N(p_mean, p_std^2), t = arctan(exp(tau) / sigma_data)
-      p_std=1.4,
-      time_scale=1.0,         # network time input c_noise(t) = time_scale * t (1 or 1000)
-      warmup_steps=10_000,    # tangent warm-up r = min(1, step / warmup_steps)
-      tangent_norm_c=0.1,     # g <- g / (||g|| + c); < 0: no normalisation
-      adaptive_weight=True,   # learned w(t): loss exp(w)/D ||.||^2 - w (else w = 0)
-      weight_hidden=64,       # width of the w(t) head
-      two_step_t=1.1,         # the intermediate time of 2-step sampling
-  ))
-
-  c.optim = ml_collections.ConfigDict(dict(
-      name="radam",           # radam | adam
-      learning_rate=4e-4,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      warmup_steps=0,
-      decay="constant",       # constant | cosine | linear: after warm-up, down to
-      final_lr_fraction=0.0,  # this fraction of learning_rate at train.num_steps
-      grad_clip=0.0,          # global-norm clip; 0 = off
-  ))
-
-  c.ema_rate = 0.9999         # evaluation EMA, separate from the CT target network
-
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=512,         # global, over every device of every process
-      num_steps=800_000,      # K of the curricula
-      log_every=100,
-      save_every=5000,
-      keep_checkpoints=3,
-      sample_every=10000,
-      num_grid_samples=64,
-      skip_nonfinite=False,   # True: a step with a non-finite loss or gradient is not applied
-                              # (counted and logged); False: the run stops and names the step
-  ))
-
-  # Parallelism (docs/scaling.md). Pure data parallel by default; fsdp=K splits parameters,
-  # optimizer state and EMA over an `fsdp` mesh axis of K devices (K divides the devices).
-  c.parallel = ml_collections.ConfigDict(dict(fsdp=1))
-
-  # Sampling the default run (and `cm_jax.sample` when no sigmas are given) uses (SPEC §8).
-  c.sample = ml_collections.ConfigDict(dict(
-      two_step_sigma=0.821,   # the intermediate level of 2-step sampling
-      clip=True,
-      edm_levels=18,          # EDM workdirs: ODE solver levels (Heun: 2N-1 evaluations)
-      edm_solver="heun",      # heun | euler
-  ))
-
-  c.eval = ml_collections.ConfigDict(dict(
-      report_at_end=True,     # score 1- and 2-step samples when training finishes
-      num_samples=0,          # 0 = as many as the held-out split; used by the end-of-run score
-  ))
-  return c
+  """Every key with its default (cm_jax/defaults.py, where the keys are documented)."""
+  return base_config()
 
 
 def parse_args(arg: str | None) -> tuple[str, bool, dict[str, str]]:

@@ -15,6 +15,7 @@ import math
 
 import ml_collections
 
+from cm_jax import karras
 from configs import base
 
 VARIANTS = ("paper", "release")
@@ -63,8 +64,8 @@ def parse(arg: str | None, *, file: str, methods: dict[str, tuple[str, ...]],
 
 def ts_sigma(index: int, steps: int) -> float:
   """The level of a release `ts` index into a descending Karras grid of `steps` levels (SPEC §8)."""
-  hi, lo = SIGMA_MAX ** (1 / RHO), SIGMA_MIN ** (1 / RHO)
-  return (hi + index / (steps - 1) * (lo - hi)) ** RHO
+  levels = karras.NoiseLevels(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO)
+  return float(karras.ts_to_sigmas([index], steps, levels)[0])
 
 
 def ema_from_half_life(half_life_images: float, batch_size: int) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cm_jax import checkpoint
-from cm_jax.convert import store
+from cm_jax import weight_store
 from cm_jax.evaluation import inception
 from tests.cli_runner import run_cli
 
@@ -28,7 +28,7 @@ def random_inception(path: str, seed: int = 0) -> str:
     return np.full(leaf.shape, fill, np.float32)
 
   params = jax.tree_util.tree_map_with_path(draw, inception.param_template())
-  store.save(path, params, {"kind": inception.KIND, "source": "random (tests)"})
+  weight_store.save(path, params, {"kind": inception.KIND, "source": "random (tests)"})
   return path
 
 

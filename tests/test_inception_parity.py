@@ -101,7 +101,7 @@ def test_wrong_layouts_are_clear_errors(reference, tmp_path, capsys):
 def test_loading_a_wrong_directory_is_a_clear_error(reference, tmp_path):
   with pytest.raises(FileNotFoundError, match="python -m cm_jax.convert inception"):
     inception.load(str(tmp_path))
-  from cm_jax.evaluation import lpips
+  from cm_jax.models import lpips
   with pytest.raises(ValueError, match="holds 'fid_inception_v3_2015' weights"):
     lpips.load.__wrapped__(reference[4])
 

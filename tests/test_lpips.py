@@ -7,7 +7,7 @@ import pytest
 from cm_jax import distances, methods, models
 from cm_jax.convert import __main__ as convert_cli
 from cm_jax.convert import torch_weights
-from cm_jax.evaluation import lpips
+from cm_jax.models import lpips
 from tests.helpers import torch_reference as tr
 
 

@@ -14,9 +14,11 @@ import os
 import sys
 
 from cm_jax import cli, files
-from cm_jax.convert import store, torch_weights
+from cm_jax import weight_store
+from cm_jax.convert import torch_weights
 from cm_jax.errors import UserError
-from cm_jax.evaluation import inception, lpips
+from cm_jax.evaluation import inception
+from cm_jax.models import lpips
 
 
 def _sha256(path: str) -> str:
@@ -34,7 +36,7 @@ def check_destination(dst: str, overwrite: bool) -> None:
   if not os.path.isdir(dst) or not os.listdir(dst):
     return
   entries = set(os.listdir(dst))
-  if not entries <= {store.PARAMS_FILE, store.META_FILE}:
+  if not entries <= {weight_store.PARAMS_FILE, weight_store.META_FILE}:
     raise UserError(f"--dst={dst} already holds other files ({', '.join(sorted(entries)[:5])}); "
                     "converted weights get a directory of their own: give a new or empty one.")
   if not overwrite:
@@ -45,7 +47,7 @@ def check_destination(dst: str, overwrite: bool) -> None:
 def convert_inception(src: str, dst: str) -> dict:
   state = torch_weights.load_torch_file(src)
   params, report = torch_weights.inception_from_state_dict(state, f"Inception file {src}")
-  store.save(dst, params, {"kind": inception.KIND, "source": src, "sha256": _sha256(src),
+  weight_store.save(dst, params, {"kind": inception.KIND, "source": src, "sha256": _sha256(src),
                            "dropped": report["dropped"]})
   return report
 
@@ -53,7 +55,7 @@ def convert_inception(src: str, dst: str) -> dict:
 def convert_lpips(vgg: str, heads: str, dst: str) -> dict:
   params, report = torch_weights.lpips_from_state_dicts(torch_weights.load_torch_file(vgg),
                                                          torch_weights.load_torch_file(heads))
-  store.save(dst, params, {"kind": lpips.KIND, "vgg": vgg, "vgg_sha256": _sha256(vgg),
+  weight_store.save(dst, params, {"kind": lpips.KIND, "vgg": vgg, "vgg_sha256": _sha256(vgg),
                            "heads": heads, "heads_sha256": _sha256(heads),
                            "dropped": report["dropped"]})
   return report

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 
 from cm_jax.errors import MissingPath, UserError
-from cm_jax.evaluation import inception, lpips
+from cm_jax.evaluation import inception
+from cm_jax.models import lpips
 
 
 class LayoutError(UserError):

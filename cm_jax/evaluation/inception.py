@@ -14,13 +14,14 @@ the sample resolution.
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from cm_jax import weight_store
+from cm_jax.models.resize import resize_bilinear
 
 INPUT_SIZE = 299
 POOL3_DIM = 2048
@@ -29,36 +30,6 @@ BN_EPS = 1e-3  # torchvision's BasicConv2d
 KIND = "fid_inception_v3_2015"
 CONVERT_COMMAND = ("python -m cm_jax.convert inception "
                    "--src=pt_inception-2015-12-05-6726825d.pth --dst=DIR")
-
-
-@functools.lru_cache(maxsize=None)
-def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
-  """[out_size, in_size] weights of torch's bilinear resize along one axis (align_corners=False,
-  no antialias): source x = (i + 0.5) * in/out - 0.5, clamped below at 0, two taps. Computed in
-  float32 as torch's CPU kernel does, so the taps' weights round the same way."""
-  f32 = np.float32
-  scale = f32(in_size) / f32(out_size)
-  src = np.maximum(scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5), f32(0))
-  lo = np.minimum(src.astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  w_hi = np.clip(src - lo.astype(f32), f32(0), f32(1))
-  w_lo = f32(1) - w_hi
-  m = np.zeros((out_size, in_size), f32)
-  np.add.at(m, (np.arange(out_size), lo), w_lo)
-  np.add.at(m, (np.arange(out_size), hi), w_hi)
-  return m
-
-
-def resize_bilinear(x: jax.Array, size: int | tuple[int, int]) -> jax.Array:
-  """[B, H, W, C] -> [B, h, w, C] as torch's bilinear F.interpolate (align_corners=False)."""
-  h, w = (size, size) if isinstance(size, int) else size
-  if x.shape[1:3] == (h, w):
-    return x
-  my = jnp.asarray(bilinear_matrix(h, x.shape[1]))
-  mx = jnp.asarray(bilinear_matrix(w, x.shape[2]))
-  hi = jax.lax.Precision.HIGHEST
-  x = jnp.einsum("yh,bhwc->bywc", my, x, precision=hi)
-  return jnp.einsum("xw,bywc->byxc", mx, x, precision=hi)
 
 
 def preprocess(images: jax.Array) -> jax.Array:
@@ -215,8 +186,7 @@ def param_template() -> dict:
 
 def load(path: str) -> dict:
   """Converted FID Inception params (NumPy) from a directory written by the converter."""
-  from cm_jax.convert import store
-  params, _ = store.load(path, KIND, param_template(), CONVERT_COMMAND)
+  params, _ = weight_store.load(path, KIND, param_template(), CONVERT_COMMAND)
   return params
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from cm_jax import cli, data, files, images, methods, sampling, trigflow
 from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import digit_features
+from cm_jax.train import restore
 
 log = logging.getLogger("cm_jax")
 
@@ -129,7 +130,6 @@ def checkpoint_scores(workdir: str, step: int) -> dict:
   report writes them, else computed from that checkpoint's EMA weights (read-only restore)."""
   path = scores_path(workdir, step)
   if not os.path.exists(path):
-    from cm_jax.train import restore
     config = restore.workdir_config(workdir)
     exp, state, _ = restore.restore_state(workdir, config, step)
     results, _ = score_digits(exp, state.ema_params, int(config.eval.num_samples))

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cm_jax import weight_store
 from cm_jax.errors import UserError
-from cm_jax.evaluation.inception import resize_bilinear
+from cm_jax.models.resize import resize_bilinear
 
 KIND = "lpips_vgg16_v0.1"
 CONVERT_COMMAND = ("python -m cm_jax.convert lpips --vgg=vgg16-397923af.pth "
@@ -64,11 +65,10 @@ def param_template() -> dict:
 @functools.lru_cache(maxsize=4)
 def load(path: str):
   """Converted LPIPS params (NumPy) from a directory written by the converter."""
-  from cm_jax.convert import store
   if not path:
     raise UserError("distance='lpips' needs converted VGG16 + LPIPS v0.1 weights: set "
                     "--config.consistency.lpips_weights=DIR, made once by: " + CONVERT_COMMAND)
-  params, _ = store.load(path, KIND, param_template(), CONVERT_COMMAND)
+  params, _ = weight_store.load(path, KIND, param_template(), CONVERT_COMMAND)
   return params
 
 
