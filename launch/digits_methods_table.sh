@@ -3,15 +3,14 @@
 # budgets, scored by the project's digit-feature Frechet distance at 1 and 2 steps, beside the two
 # teachers (EDM for CD and ECT, TrigFlow for sCD) sampled by Heun over 18 levels (35 evaluations).
 #
-# "Equal" = the same network (tiny UNet, 32 channels, ~1.2M parameters), batch 128 and 1000
-# training steps for every consistency model. The teachers are trained once, outside that budget,
-# each for 1200 steps (one network evaluation a step, so about what CT's 1000 cost): CD and sCD
-# query theirs in every step; ECT and sCD start from their teacher's weights, CD from the EDM's.
-# Per step, the methods cost different numbers of network evaluations (CT / iCT / ECT: 1 forward +
-# 1 forward-backward; CD: + 2 teacher evaluations (Heun); sCT: + 1 jvp; sCD: + 1 teacher + 1 jvp).
-# ECT is also scored at steps 250, 500 and 750 (its checkpoints), to show how soon it gets there.
-# Exception: iCT trains the default recipe (0.87M parameters, batch 64, 2000 steps, about the same
-# minutes as the others' 1000 steps at batch 128); the others have not been moved to it yet.
+# "Equal" = the digits recipe for every consistency model: the same class-conditional tiny UNet
+# (0.87M parameters), batch 64 and 2000 training steps. The teachers are trained once, outside
+# that budget, each for 2400 steps (one network evaluation a step, about the minutes of iCT's
+# 2000): CD and sCD query theirs in every step; ECT and sCD start from their teacher's weights,
+# CD from the EDM's. Per step, the methods cost different numbers of network evaluations (CT /
+# iCT / ECT: 1 forward + 1 forward-backward; CD: + 2 teacher evaluations (Heun); sCT: + 1 jvp;
+# sCD: + 1 teacher + 1 jvp). ECT is also scored at steps 500, 1000 and 1500 (its checkpoints),
+# to show how soon it gets there.
 #
 #   bash launch/digits_methods_table.sh [extra --config.a.b=v overrides for every run]
 # A finished workdir is reused (training it again is a no-op resume; its scores are cached), so
@@ -41,6 +40,6 @@ train ect --config.teacher=runs/digits_edm "$@"
 train sct "$@"
 train scd --config.teacher=runs/digits_trigflow "$@"
 
-python -m cm_jax.train.report runs/digits_ct runs/digits_ict runs/digits_ect@250 \
-  runs/digits_ect@500 runs/digits_ect@750 runs/digits_ect runs/digits_cd runs/digits_sct \
+python -m cm_jax.train.report runs/digits_ct runs/digits_ict runs/digits_ect@500 \
+  runs/digits_ect@1000 runs/digits_ect@1500 runs/digits_ect runs/digits_cd runs/digits_sct \
   runs/digits_scd runs/digits_edm runs/digits_trigflow

@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
 root=runs/digits_recipe
-previous=(--config.model.num_res_blocks=2 --config.train.batch_size=128
+uncond=(--config.model.class_conditional=False)
+previous=("${uncond[@]}" --config.model.num_res_blocks=2 --config.train.batch_size=128
           --config.train.num_steps=1000 --config.model.fourier_scale=0.02)
-steps_first=(--config.model.fourier_scale=0.02)   # 1 block, batch 64, 2000 steps, old scale
+# 1 block, batch 64, 2000 steps, the old scale
+steps_first=("${uncond[@]}" --config.model.fourier_scale=0.02)
 declare -A rows=(
   [previous]="${previous[*]}"
   [previous_cosine]="${previous[*]} --config.optim.decay=cosine"
@@ -17,12 +19,15 @@ declare -A rows=(
   [no_attention]="${steps_first[*]} --config.model.attn_resolutions=() --config.train.num_steps=2400"
   [batch32]="${steps_first[*]} --config.train.batch_size=32 --config.train.num_steps=3600"
   [dropout]="${steps_first[*]} --config.model.dropout=0.2"
-  [fourier05]="--config.model.fourier_scale=0.5"
+  [fourier05]="${uncond[*]} --config.model.fourier_scale=0.5"
   [sigma_max20]="${steps_first[*]} --config.karras.sigma_max=20.0"
   [p_mean]="${steps_first[*]} --config.consistency.p_mean=-0.5"
+  [unconditional]="${uncond[*]}"
+  [fourier0002]="${uncond[*]} --config.model.fourier_scale=0.002"
   [default]=""
 )
-order=(previous previous_cosine steps_first no_attention batch32 dropout fourier05 sigma_max20 p_mean default)
+order=(previous previous_cosine steps_first no_attention batch32 dropout fourier05 sigma_max20 p_mean
+       unconditional fourier0002 default)
 mkdir -p "$root"
 for name in "${order[@]}"; do
   w="$root/$name"

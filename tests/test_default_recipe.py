@@ -11,9 +11,10 @@ from cm_jax import data
 from cm_jax.train import loop, report
 from configs import digits
 
-# The previous default (1.19M parameters, batch 128, 1000 steps) scored 36.9 on this figure
-# (1000 one-step samples), today's 21.2 (README); the margin allows for other CPUs' arithmetic.
-ONE_STEP_THRESHOLD = 27.0
+# On this figure (1000 one-step samples) the unconditional recipe scored 21.2 and the one before
+# it 36.9; today's default 7.1 (7.3 with seed 1: README). The margin allows for other CPUs'
+# arithmetic, which moves a run about as much as another seed.
+ONE_STEP_THRESHOLD = 10.0
 
 
 @pytest.mark.slow
