@@ -7,9 +7,6 @@ argument (`configs/digits.py:method=ict`).
 """
 import ml_collections
 
-METHODS = ("ct", "ict", "edm", "cd", "ect", "trigflow", "sct", "scd")
-
-
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

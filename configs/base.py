@@ -5,7 +5,8 @@ argument (`configs/digits.py:method=ict`), and `runlocal` shrinks any config to 
 """
 import ml_collections
 
-from cm_jax.defaults import METHODS, base_config
+from cm_jax.defaults import base_config
+from cm_jax.methods import NAMES as METHODS
 
 __all__ = ["METHODS", "get_base_config", "parse_args"]
 

@@ -1,26 +1,49 @@
-"""Training methods by name: each module exposes `create(config, net, sample_shape)`."""
+"""Training methods by name: one `MethodSpec` each (contract.py), the only table of them."""
 from cm_jax.errors import UserError
 from cm_jax.methods import cd, ct, ect, edm, ict, scm
+from cm_jax.methods.contract import Method, MethodSpec
 
-_REGISTRY = {"ct": ct.create, "ict": ict.create, "edm": edm.create, "cd": cd.create,
-             "ect": ect.create, "trigflow": scm.create_trigflow, "sct": scm.create_sct,
-             "scd": scm.create_scd}
-NAMES = tuple(_REGISTRY)
-# Methods whose network is a denoiser (EDM's D(x, s), TrigFlow's velocity), sampled by an ODE
-# solver (sampling.EDMPlan); the rest train a consistency function, sampled in 1 or a few steps.
-DENOISERS = ("edm", "trigflow")
-# Methods in TrigFlow time t in [0, pi/2] (trigflow.py): their consistency plans are times, not
-# sigmas, and their ODE plans run trigflow.ode_sample; the rest use the sigma parameterisation.
-TRIGFLOW = ("trigflow", "sct", "scd")
-# Methods that need a trained workdir (`config.teacher`), and the method that workdir must hold.
-# CD and sCD query their teacher in the loss; ECT only starts from it.
-TEACHERS = {"cd": "edm", "ect": "edm", "scd": "trigflow"}
-# Methods that may start from such a workdir when one is given (the PyTorch release started its
-# ImageNet 64 / LSUN CT runs from the EDM teacher: configs/*.py variant=release).
-OPTIONAL_TEACHERS = {"ct": "edm"}
+SPECS = {s.name: s for s in (
+    MethodSpec("ct", ct.create, "consistency", "sigma", teacher="optional", teacher_method="edm",
+               # the PyTorch release started its ImageNet 64 / LSUN CT runs from the EDM teacher
+               summary="consistency training (Song et al. 2023), EMA target network"),
+    MethodSpec("ict", ict.create, "consistency", "sigma",
+               summary="improved consistency training (Song & Dhariwal 2023)"),
+    MethodSpec("edm", edm.create, "denoiser", "sigma",
+               summary="EDM denoiser (Karras et al. 2022): the CD and ECT teacher"),
+    MethodSpec("cd", cd.create, "consistency", "sigma", teacher="required", teacher_method="edm",
+               summary="consistency distillation from an EDM teacher"),
+    MethodSpec("ect", ect.create, "consistency", "sigma", teacher="required",
+               teacher_method="edm",  # starts from the EDM weights; not queried in the loss
+               summary="easy consistency tuning (Geng et al. 2024) of an EDM model"),
+    MethodSpec("trigflow", scm.create_trigflow, "denoiser", "trigflow",
+               summary="TrigFlow diffusion (Lu & Song 2024): the sCD teacher"),
+    MethodSpec("sct", scm.create_sct, "consistency", "trigflow",
+               summary="continuous-time consistency training (sCM)"),
+    MethodSpec("scd", scm.create_scd, "consistency", "trigflow", teacher="required",
+               teacher_method="trigflow",
+               summary="continuous-time consistency distillation from a TrigFlow teacher"),
+)}
+NAMES = tuple(SPECS)
+# Views of SPECS that callers test membership in.
+DENOISERS = tuple(n for n, s in SPECS.items() if s.is_denoiser)
+TRIGFLOW = tuple(n for n, s in SPECS.items() if s.is_trigflow)
+TEACHERS = {n: s.teacher_method for n, s in SPECS.items() if s.teacher == "required"}
+OPTIONAL_TEACHERS = {n: s.teacher_method for n, s in SPECS.items() if s.teacher == "optional"}
+
+__all__ = ["Method", "MethodSpec", "SPECS", "NAMES", "DENOISERS", "TRIGFLOW", "TEACHERS",
+           "OPTIONAL_TEACHERS", "spec", "create_method"]
 
 
-def create_method(config, net, sample_shape):
-  if config.method not in _REGISTRY:
-    raise UserError(f"Unknown method {config.method!r}; this version has {', '.join(NAMES)}.")
-  return _REGISTRY[config.method](config, net, sample_shape)
+def spec(name: str) -> MethodSpec:
+  if name not in SPECS:
+    raise UserError(f"Unknown method {name!r}; this version has {', '.join(NAMES)}.")
+  return SPECS[name]
+
+
+def create_method(config, net, sample_shape) -> Method:
+  method = spec(config.method).create(config, net, sample_shape)
+  if not isinstance(method, Method):
+    raise TypeError(f"method {config.method!r} does not provide the Method contract "
+                    "(cm_jax/methods/contract.py)")
+  return method

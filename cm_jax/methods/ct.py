@@ -124,6 +124,10 @@ class ConsistencyTraining:
     aux = {**self.curriculum_values(step), "distance": jnp.mean(self.distance(online, target))}
     return jnp.mean(per_sample), aux
 
+  def extra_params(self, rng) -> dict:
+    del rng
+    return {}
+
   def update_target(self, target_params, params, step):
     if not self.has_target_network:
       return target_params

@@ -16,7 +16,7 @@ consistency function with continuous levels instead of a grid:
 The network is the CM consistency parameterisation of karras.py, whose c_in and c_noise are the EDM
 denoiser's and whose c_skip / c_out differ from EDM's only by the eps shift, so the EDM weights are a
 consistency function f ~ D at the start. The teacher is only the starting point: nothing of it is
-queried during training (`uses_teacher` is False; methods.TEACHERS names the workdir's method).
+queried during training (`uses_teacher` is False; its MethodSpec names the workdir's method).
 """
 from __future__ import annotations
 

@@ -43,6 +43,10 @@ class EDMTraining:
     mse = distances.l2(denoised, x)  # [B], mean over elements
     return jnp.mean(weight * mse), {"mse": jnp.mean(mse)}
 
+  def extra_params(self, rng) -> dict:
+    del rng
+    return {}
+
   def update_target(self, target_params, params, step):
     del params, step
     return target_params

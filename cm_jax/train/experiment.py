@@ -6,7 +6,6 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -45,9 +44,8 @@ class Experiment:
   def _init(self, rng) -> state_lib.TrainState:
     init_rng, state_rng = jax.random.split(rng)
     params = models.init_params(self.module, init_rng, self.config.data)
-    extra = getattr(self.method, "extra_params", None)  # sCM: the adaptive weighting head
-    if extra is not None:
-      params = {**params, **extra(jax.random.fold_in(init_rng, 1))}
+    # sCM's adaptive weighting head; {} for the other methods
+    params = {**params, **self.method.extra_params(jax.random.fold_in(init_rng, 1))}
     return state_lib.init_state(params, self.tx, state_rng, self.method.has_target_network)
 
   def init_state(self, seed: int) -> state_lib.TrainState:
@@ -113,13 +111,13 @@ class Experiment:
   def is_denoiser(self) -> bool:
     """EDM runs train a denoiser D(x, s), sampled by an ODE solver; the other methods train a
     consistency function f(x, s), sampled in 1 or a few steps."""
-    return self.config.method in methods.DENOISERS
+    return methods.spec(self.config.method).is_denoiser
 
   @property
   def is_trigflow(self) -> bool:
     """trigflow / sCT / sCD: TrigFlow time t in [0, pi/2] (cm_jax/trigflow.py); consistency plans
     are decreasing times (pi/2 first), ODE plans run trigflow.ode_sample."""
-    return self.config.method in methods.TRIGFLOW
+    return methods.spec(self.config.method).is_trigflow
 
   def velocity_fn(self, params, labels=None) -> trigflow.VelocityFn:
     """TrigFlow's (x_t, t) -> F(x_t / sd, c_noise(t)) in eval mode, parameters and labels bound."""

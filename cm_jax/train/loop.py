@@ -178,12 +178,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data.check_config(config.data)
   # CD, ECT, sCD (and CT when given one): a missing or mismatched teacher is an error before this
   # workdir is touched.
-  wants_teacher = config.method in methods.TEACHERS or bool(
-      config.method in methods.OPTIONAL_TEACHERS and config.get("teacher"))
+  teacher_use = methods.spec(config.method).teacher
+  wants_teacher = teacher_use == "required" or (teacher_use == "optional" and config.get("teacher"))
   teacher_config = teacher_lib.check(config) if wants_teacher else None
   if teacher_config is None and config.get("teacher"):
-    raise UserError(f"--config.teacher is for method="
-                    f"{' | '.join([*methods.TEACHERS, *methods.OPTIONAL_TEACHERS])}; "
+    takers = [n for n, s in methods.SPECS.items() if s.teacher != "none"]
+    raise UserError(f"--config.teacher is for method={' | '.join(takers)}; "
                     f"method={config.method} does not use a teacher.")
   files.check_output_dir(workdir, "--workdir")
   with _claim_workdir(workdir, config):

@@ -31,10 +31,11 @@ def sampling_plans(config, levels) -> dict:
   """Consistency models: 1 and 2 steps (sCT / sCD: at TrigFlow times pi/2 and scm.two_step_t).
   Denoisers (EDM, TrigFlow): the config's ODE solver (Heun, 18 levels = 35 evaluations by
   default)."""
-  if config.method in methods.DENOISERS:
+  spec = methods.spec(config.method)
+  if spec.is_denoiser:
     plan = sampling.EDMPlan.from_config(config.sample)
     return {plan.name: plan}
-  if config.method in methods.TRIGFLOW:
+  if spec.is_trigflow:
     return {"1-step": [trigflow.HALF_PI],
             "2-step": [trigflow.HALF_PI, float(config.scm.two_step_t)]}
   return {"1-step": [levels.sigma_max],

@@ -37,6 +37,11 @@ _WHAT = "The teacher workdir (--config.teacher)"
 _ARTICLES = {"edm": "an EDM", "trigflow": "a TrigFlow"}
 
 
+def _teacher_method(config) -> str:
+  """The method a teacher workdir of this run must hold (EDM for a CT run given one)."""
+  return methods.spec(config.method).teacher_method or "edm"
+
+
 @dataclasses.dataclass(frozen=True)
 class Teacher:
   workdir: str        # absolute
@@ -61,7 +66,7 @@ def fingerprint(tree) -> str:
 
 def check_compatible(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict,
                      workdir: str) -> None:
-  want = methods.TEACHERS.get(config.method, "edm")
+  want = _teacher_method(config)
   if teacher_config.method != want:
     raise UserError(
         f"The teacher {workdir} is a method={teacher_config.method} run; method={config.method} "
@@ -84,7 +89,7 @@ def check_compatible(config: ml_collections.ConfigDict, teacher_config: ml_colle
 def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Validates config.teacher without restoring it; returns the teacher's config."""
   path = str(config.teacher)
-  want = methods.TEACHERS.get(config.method, "edm")
+  want = _teacher_method(config)
   if not path:
     raise UserError(
         f"method={config.method} needs {_ARTICLES.get(want, 'a ' + want)} teacher: "
