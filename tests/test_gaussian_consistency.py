@@ -39,7 +39,7 @@ def test_training_reaches_the_discrete_fixed_point(recipe):
     config = config_for("ct", 10**6, distance="l2", mu0=0.9, ema_schedule="paper")
     method = ct.create(config, net, SHAPE)
     method = dataclasses.replace(
-        method, num_levels=lambda step: jnp.int32(n),
+        method, pairs=dataclasses.replace(method.pairs, num_levels=lambda step: jnp.int32(n)),
         target_decay=lambda step: ct.ct_target_decay(n, 2, 0.9, "paper"))
   else:  # s0 = s1 = 10: iCT's curriculum holds N = 11
     config = config_for("ict", 10**6, distance="pseudo_huber", s0=10, s1=10)

@@ -138,7 +138,8 @@ def test_jvp_tangent_matches_finite_differences_through_the_unet():
   from cm_jax import models
   from configs import digits
   config = digits.get_config("method=sct,runlocal")
-  config.model.update(dict(channels=8, channel_mult=(1,), attn_resolutions=()))  # mid: attention
+  config.model.update(dict(channels=8, channel_mult=(1,), attn_resolutions=(),  # mid: attention
+                           class_conditional=False))
   module = models.create_model(config.model, config.data)
   params = models.init_params(module, jax.random.PRNGKey(0), config.data)
   # Perturb the zero-initialised output layer so that F depends on its inputs.
@@ -277,8 +278,8 @@ def test_ect_target_is_the_data_where_r_is_zero():
   net, params = variance_net()
   method = ect.create(config, net, SHAPE)
   t_val = 0.7
-  method = dataclasses.replace(
-      method, level_sampler=lambda rng, step, b: (jnp.zeros((b,)), jnp.full((b,), t_val)))
+  method = dataclasses.replace(method, pairs=dataclasses.replace(
+      method.pairs, sampler=lambda rng, step, b: (jnp.zeros((b,)), jnp.full((b,), t_val))))
   x = S * jax.random.normal(jax.random.PRNGKey(0), (8,) + SHAPE)
   key = jax.random.PRNGKey(1)
   loss, _ = method.loss(params, None, {"image": x}, key, 0)
@@ -323,9 +324,9 @@ def test_teachers_are_checked_before_anything_runs():
 def test_digits_configs_of_the_new_methods():
   from cm_jax import methods
   from configs import digits
-  for name in ("ect", "trigflow", "sct", "scd"):
+  for name in ("ect", "trigflow", "sct", "scd"):  # the digits recipe: one network and batch
     c = digits.get_config(f"method={name}")
-    assert c.model == digits.get_config("method=edm").model and c.train.batch_size == 128
+    assert c.model == digits.get_config("method=ict").model and c.train.batch_size == 64
     assert (name in methods.TRIGFLOW) == (name != "ect")
-  assert digits.get_config("method=ect").ect.stage_steps == 100
+  assert digits.get_config("method=ect").ect.stage_steps == 200  # 10 stages of the 2000 steps
   assert methods.TEACHERS == {"cd": "edm", "ect": "edm", "scd": "trigflow"}

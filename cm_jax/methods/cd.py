@@ -1,4 +1,4 @@
-"""Consistency distillation (CD, SPEC §2) on CT's machinery.
+"""Consistency distillation (CD, SPEC §2), a `consistency.ConsistencyTraining`.
 
 The only difference from CT is x_lo: one Heun (or Euler) step of the teacher's probability-flow
 ODE from (x_hi, s_{n+1}) down to s_n, with the teacher's EMA weights in eval mode, instead of
@@ -14,10 +14,11 @@ import jax.numpy as jnp
 
 from cm_jax import distances, karras, ode
 from cm_jax.errors import UserError
-from cm_jax.methods import ct
+from cm_jax.methods import consistency
 
 
-def teacher_step(teacher_net: ct.Net, levels: karras.NoiseLevels, solver: str) -> ct.TeacherStep:
+def teacher_step(teacher_net: consistency.Net, levels: karras.NoiseLevels,
+                 solver: str) -> consistency.TeacherStep:
   """(teacher_params, x_hi, sigma_hi [B], sigma_lo [B], labels) -> x_lo; teacher in eval mode."""
   step = ode.get_step(solver)
 
@@ -28,7 +29,7 @@ def teacher_step(teacher_net: ct.Net, levels: karras.NoiseLevels, solver: str) -
   return run
 
 
-def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
+def create(config, net: consistency.Net, sample_shape) -> consistency.ConsistencyTraining:
   dc = config.distill
   n, mu = int(dc.num_levels), float(dc.target_decay)
   if n < 2:
@@ -36,14 +37,14 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
   if not 0 <= mu < 1:
     raise UserError(f"distill.target_decay must lie in [0, 1), got {mu}.")
   levels = karras.NoiseLevels.from_config(config.karras)
-  return ct.ConsistencyTraining(
+  return consistency.ConsistencyTraining(
       net=net,
       levels=levels,
       distance=distances.get_distance(config.consistency.distance, sample_shape,
                                       config.consistency.lpips_weights),
-      num_levels=lambda step: jnp.int32(n),
-      pair_index=ct.uniform_pair_index,
-      weight=ct.unit_weight,
+      pairs=consistency.GridPairs(levels, lambda step: jnp.int32(n),
+                                  consistency.uniform_pair_index),
+      weight=consistency.unit_weight,
       target_decay=(lambda step: jnp.float32(mu)) if mu > 0 else None,
       # The student's network config equals the teacher's (checked when the teacher is loaded).
       teacher_step=teacher_step(net, levels, str(dc.solver)),

@@ -1,4 +1,4 @@
-"""Easy consistency tuning (ECT, SPEC §6; Geng et al. 2024) on CT's machinery.
+"""Easy consistency tuning (ECT, SPEC §6; Geng et al. 2024), a `consistency.ConsistencyTraining`.
 
 ECT starts from a trained EDM network (`config.teacher`, an EDM workdir: the student's online
 weights and evaluation EMA start from the teacher's, as CIFAR-10 CD does) and tunes it into a
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from cm_jax import distances, karras
 from cm_jax.errors import UserError
-from cm_jax.methods import ct, ict
+from cm_jax.methods import consistency, ict
 
 
 def ect_stage(step, stage_steps: int):
@@ -41,7 +41,7 @@ def ect_r(t, stage, q: float, k: float, b: float):
 
 def level_sampler(levels: karras.NoiseLevels, p_mean: float, p_std: float, q: float, k: float,
                   b: float, stage_steps: int):
-  """(rng, step, B) -> (r [B], t [B]) for ConsistencyTraining.level_sampler."""
+  """(rng, step, B) -> (r [B], t [B]) for consistency.ContinuousPairs."""
   def draw(rng, step, batch_size):
     t = jnp.exp(p_mean + p_std * jax.random.normal(rng, (batch_size,)))
     t = jnp.clip(t, levels.sigma_min, levels.sigma_max)
@@ -51,7 +51,7 @@ def level_sampler(levels: karras.NoiseLevels, p_mean: float, p_std: float, q: fl
   return draw
 
 
-def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
+def create(config, net: consistency.Net, sample_shape) -> consistency.ConsistencyTraining:
   ec = config.ect
   stage_steps = int(ec.stage_steps)
   if stage_steps < 1:
@@ -64,15 +64,15 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
   if c < 0:
     c = distances.pseudo_huber_constant(sample_shape)
   levels = karras.NoiseLevels.from_config(config.karras)
-  return ct.ConsistencyTraining(
+  pairs = consistency.ContinuousPairs(
+      sampler=level_sampler(levels, float(ec.p_mean), float(ec.p_std), float(ec.q), float(ec.k),
+                            float(ec.b), stage_steps),
+      values=lambda step: {"stage": ect_stage(step, stage_steps)})
+  return consistency.ConsistencyTraining(
       net=net,
       levels=levels,
       distance=lambda a, b: distances.pseudo_huber(a, b, c),
-      num_levels=None,
-      pair_index=None,
+      pairs=pairs,
       weight=ict.inverse_gap_weight,  # 1 / (t - r)
       target_decay=None,              # teacher = stopgrad(theta)
-      level_sampler=level_sampler(levels, float(ec.p_mean), float(ec.p_std), float(ec.q),
-                                  float(ec.k), float(ec.b), stage_steps),
-      curriculum=lambda step: {"stage": ect_stage(step, stage_steps)},
   )

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 
 from cm_jax import distances, karras
 from cm_jax.errors import UserError
-from cm_jax.methods import ct
+from cm_jax.methods import consistency
 
 
 @dataclasses.dataclass(frozen=True)
 class EDMTraining:
-  net: ct.Net
+  net: consistency.Net
   levels: karras.NoiseLevels
   p_mean: float = -1.2
   p_std: float = 1.2
@@ -56,7 +56,7 @@ class EDMTraining:
     return {}
 
 
-def create(config, net: ct.Net, sample_shape) -> EDMTraining:
+def create(config, net: consistency.Net, sample_shape) -> EDMTraining:
   del sample_shape
   ec = config.edm
   if float(ec.p_std) <= 0:

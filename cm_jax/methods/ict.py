@@ -1,4 +1,4 @@
-"""Improved consistency training (iCT, SPEC §5) on CT's machinery.
+"""Improved consistency training (iCT, SPEC §5), a `consistency.ConsistencyTraining`.
 
 Differences from CT: no target network (teacher = stopgrad(theta)), pseudo-Huber distance over the
 whole sample, pairs drawn from a discretised log-normal, an exponential curriculum in N, and the
@@ -14,7 +14,7 @@ from jax.scipy.special import erf
 
 from cm_jax import distances, karras
 from cm_jax.errors import UserError
-from cm_jax.methods import ct
+from cm_jax.methods import consistency
 
 
 def ict_doubling_period(total_steps: int, s0: int, s1: int) -> int:
@@ -48,7 +48,7 @@ def inverse_gap_weight(sigma_lo, sigma_hi):
   return 1.0 / (sigma_hi - sigma_lo)
 
 
-def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
+def create(config, net: consistency.Net, sample_shape) -> consistency.ConsistencyTraining:
   cc = config.consistency
   total = int(config.train.num_steps)
   s0, s1 = int(cc.s0), int(cc.s1)
@@ -61,12 +61,12 @@ def create(config, net: ct.Net, sample_shape) -> ct.ConsistencyTraining:
     logits = lognormal_pair_logits(num_levels, s1 + 1, levels, p_mean, p_std)
     return jax.random.categorical(rng, logits, shape=(batch_size,)) + 1
 
-  return ct.ConsistencyTraining(
+  return consistency.ConsistencyTraining(
       net=net,
       levels=levels,
       distance=distances.get_distance(cc.distance, sample_shape, cc.lpips_weights),
-      num_levels=lambda step: ict_num_levels(step, total, s0, s1),
-      pair_index=pair_index,
+      pairs=consistency.GridPairs(levels, lambda step: ict_num_levels(step, total, s0, s1),
+                                  pair_index),
       weight=inverse_gap_weight,
       target_decay=None,
   )

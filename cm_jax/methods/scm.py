@@ -30,7 +30,7 @@ import numpy as np
 
 from cm_jax import karras, trigflow
 from cm_jax.errors import UserError
-from cm_jax.methods import ct
+from cm_jax.methods import consistency
 
 HEAD = "adaptive_weight"  # the params entry of the weighting head
 
@@ -61,7 +61,7 @@ class WeightHead:
 @dataclasses.dataclass(frozen=True)
 class TrigFlowBase:
   """What the three methods share: the network in TrigFlow time, t sampling, the weighting."""
-  net: ct.Net
+  net: consistency.Net
   sigma_data: float = 0.5
   time_scale: float = 1.0
   p_mean: float = -1.0
@@ -201,7 +201,7 @@ def _common(config, net) -> dict:
               head=WeightHead(int(sc.weight_hidden)) if sc.adaptive_weight else None)
 
 
-def create_trigflow(config, net: ct.Net, sample_shape) -> TrigFlowDiffusion:
+def create_trigflow(config, net: consistency.Net, sample_shape) -> TrigFlowDiffusion:
   del sample_shape
   return TrigFlowDiffusion(**_common(config, net))
 
@@ -213,11 +213,11 @@ def _create_consistency(config, net, distill: bool) -> ContinuousConsistency:
                                tangent_norm_c=float(sc.tangent_norm_c))
 
 
-def create_sct(config, net: ct.Net, sample_shape) -> ContinuousConsistency:
+def create_sct(config, net: consistency.Net, sample_shape) -> ContinuousConsistency:
   del sample_shape
   return _create_consistency(config, net, distill=False)
 
 
-def create_scd(config, net: ct.Net, sample_shape) -> ContinuousConsistency:
+def create_scd(config, net: consistency.Net, sample_shape) -> ContinuousConsistency:
   del sample_shape
   return _create_consistency(config, net, distill=True)
