@@ -36,6 +36,7 @@ def _probes(root, w):
       (["cm_jax.train", f"--config={ICT}", f"--workdir={root}/a_file"], "is a file"),
       (["cm_jax.train", f"--config={ICT}", f"--workdir={UNWRITABLE}/run"], "cannot write in"),
       (["cm_jax.train", f"--config={ICT}", "--workdir=gs://bucket/run"], "not served yet"),
+      (["cm_jax.train", f"--config={ICT}"], "--workdir is required"),
       (["cm_jax.sample", f"--workdir={w}", f"--out={UNWRITABLE}/x.npz"], "cannot write in"),
       (["cm_jax.sample", f"--workdir={w}", f"--out={root}/taken.npz"], "existing directory"),
       (["cm_jax.sample", f"--workdir={w}", out, "--steps=0"], "--steps=0: give at least 1"),
@@ -99,3 +100,13 @@ def test_user_error_exits_2_and_a_bug_keeps_its_traceback():
   with pytest.raises(ValueError, match="inside a library"):  # not a UserError: propagates
     with cli.user_errors_exit():
       raise ValueError("inside a library")
+
+
+def test_print_config_shows_the_resolved_config_methods_and_datasets_and_writes_nothing(tmp_path):
+  out = run_cli("cm_jax.train", f"--config={ICT}", "--config.train.num_steps=7",
+                "--print_config", f"--workdir={tmp_path}/w")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "num_steps: 7" in out.stdout
+  assert "scd " in out.stdout and "teacher: required method=trigflow" in out.stdout
+  assert "digits" in out.stdout.split("# Datasets")[1]
+  assert not (tmp_path / "w").exists()

@@ -1,4 +1,5 @@
 """python -m cm_jax.train --config=configs/digits.py:method=ict --workdir=W [--config.a.b=v]
+   python -m cm_jax.train --config=... --print_config   # the resolved config, methods, datasets
 
 Exit status: 0 finished (or already complete), 2 a mistake in the flags, config or workdir
 (one `error:` line; nothing written), 75 stopped by SIGTERM / Ctrl-C after saving (run the same
@@ -10,19 +11,42 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cm_jax import cli, parallel
+from cm_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and argument, e.g. configs/digits.py:method=ict[,runlocal].",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here; an "
                                "existing run there is resumed.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config (overrides "
+                                  "applied), the methods and the datasets, and exit; nothing is "
+                                  "trained or written.")
+flags.mark_flags_as_required(["config"])
+
+
+def describe(config) -> str:
+  """The resolved config, then what --config can choose between."""
+  from cm_jax import data, methods
+  lines = ["# The resolved config", str(config).rstrip(), "", "# Methods (config.method)"]
+  for name, spec in methods.SPECS.items():
+    teacher = "" if spec.teacher == "none" else (
+        f"; teacher: {spec.teacher} method={spec.teacher_method} workdir (--config.teacher)")
+    lines.append(f"{name:9s} {spec.summary} [{spec.kind}, {spec.time} time{teacher}]")
+  lines += ["", "# Datasets (config.data.name)", ", ".join(data.known_names())]
+  return "\n".join(lines)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _PRINT_CONFIG.value:
+    print(describe(_CONFIG.value))
+    return
   cli.setup_logging()
+  if not _WORKDIR.value:
+    with cli.user_errors_exit():
+      raise UserError("--workdir is required: the directory the run writes (or resumes) its "
+                      "checkpoints in; or pass --print_config to only show the config.")
   parallel.maybe_initialize_distributed()
   from cm_jax.train import loop, report
   with cli.user_errors_exit():
