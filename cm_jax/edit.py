@@ -5,16 +5,20 @@
 
 Zero-shot editing (CM Algorithm 4) with a trained workdir. Writes `arr_0`: uint8 [N, H, W, C],
 the input's layout (interpolate: [pairs * num_alphas, H, W, C]), plus `arr_1` labels for a
-class-conditional model, and a before/after PNG grid. The checkpoint, level, seed and label flags
-are the sample CLI's (--checkpoint --params --steps --sigmas --ts --ts_grid --seed --batch_size
---labels); edit i depends only on (--seed, i, the levels), not on the batch size or device count.
+class-conditional model, and a before/after PNG grid. A class-conditional model edits under the
+images' own labels when the .npz holds them as `arr_1`, else under --labels (default: random).
+The checkpoint, level, seed and label flags are the sample CLI's (--checkpoint --params --steps
+--sigmas --ts --ts_grid --seed --batch_size --labels); edit i depends only on (--seed, i, the
+levels), not on the batch size or device count.
 
 --images: a directory of PNG/JPEG files (read as grayscale or RGB, as the model needs) or an .npz
-with `arr_0` uint8 [N, H, W, C], at the model's resolution (superres also takes images at
-resolution / factor). --mask: white (>= 128) in MASK.png marks what to generate.
+with `arr_0` uint8 [N, H, W, C] (and optionally `arr_1` int labels [N]), at the model's
+resolution (superres also takes images at resolution / factor). --mask: white (>= 128) in
+MASK.png marks what to generate.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Callable, Optional, Sequence
@@ -27,6 +31,8 @@ from absl import app, flags
 from cm_jax import cli, editing, files, images, parallel, sample, sampling
 from cm_jax.errors import MissingPath, UserError
 from cm_jax.train.experiment import Experiment
+
+log = logging.getLogger("cm_jax")
 
 TASKS = ("inpaint", "colorize", "superres", "denoise", "interpolate")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -79,6 +85,20 @@ def load_images(path: str, channels: int) -> np.ndarray:
   if len(shapes) > 1:
     raise UserError(f"Images in {path} differ in size: {sorted(shapes)}.")
   return np.stack(arrays)
+
+
+def stored_labels(path: Optional[str], count: int) -> Optional[np.ndarray]:
+  """The int labels `arr_1` of an .npz of images, one per image; None when it has none."""
+  if not path or not path.endswith(".npz"):
+    return None
+  with files.open_npz(path, "--images") as f:
+    if "arr_1" not in f:
+      return None
+    labels = f["arr_1"]
+  if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
+    raise UserError(f"{path}: arr_1 (labels) must be {count} integers, one per image, got "
+                    f"{labels.dtype} {labels.shape}; or pass --labels.")
+  return labels
 
 
 def check_size(images_u8: np.ndarray, height: int, width: int, factor: Optional[int] = None
@@ -259,7 +279,16 @@ def main(argv: list[str]) -> None:
     else:
       y = np.zeros((2 * _NUM_PAIRS.value, h, w, c), np.float32)
     count = len(y) // 2 if task == "interpolate" else len(y)
-    labels = exp.resolve_labels(sample.parse_labels(FLAGS.labels), count, seed=FLAGS.seed)
+    wanted = sample.parse_labels(FLAGS.labels)
+    if wanted is None and exp.num_classes and task != "interpolate":
+      # A class-conditional model edits real images under their own labels when the archive
+      # carries them (arr_1, as the sample CLI and ADM write it); else they are drawn at random.
+      wanted = stored_labels(_IMAGES.value, count)
+      if wanted is None:
+        log.warning("%s is class-conditional and %s holds no labels (arr_1): labels are drawn "
+                        "at random; pass --labels to condition the edit on the images' classes.",
+                        FLAGS.workdir, _IMAGES.value)
+    labels = exp.resolve_labels(wanted, count, seed=FLAGS.seed)
     # The edit's noise uses the sampler's key, so interpolation ends are the sample CLI's
     # samples 2k, 2k+1 of the same seed; masks and added noise get streams of their own.
     key = jax.random.PRNGKey(FLAGS.seed)

@@ -16,7 +16,8 @@ from configs import digits
 from cm_jax import data, sampling
 test = data.load_split(digits.get_config("method=ict").data, "test")
 pick = np.concatenate([np.flatnonzero(test["label"] == d)[:1] for d in range(10)])
-np.savez(sys.argv[1], arr_0=sampling.to_uint8(test["image"][pick]))
+# arr_1: the digits' labels, which a class-conditional model edits under
+np.savez(sys.argv[1], arr_0=sampling.to_uint8(test["image"][pick]), arr_1=test["label"][pick])
 PY
 edit() { python -m cm_jax.edit --workdir="$workdir" --out="$tmp/$1.npz" --grid="$out/$1.png" "${@:2}"; }
 edit inpaint_center --task=inpaint --images="$tmp/digits.npz" --mask=center --sigmas=80,0.821

@@ -119,6 +119,20 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path):
   assert not (tmp_path / "x.npz").exists()
 
 
+def test_the_images_own_labels_condition_the_edit(setup, tmp_path):
+  root, digits = setup
+  np.savez(tmp_path / "labelled.npz", arr_0=digits, arr_1=np.arange(5))
+  edit(root / "w", "--task=denoise", f"--images={tmp_path}/labelled.npz", "--noise_sigma=0.5",
+       f"--out={tmp_path}/d.npz")
+  np.testing.assert_array_equal(np.load(tmp_path / "d.npz")["arr_1"], np.arange(5))
+  np.savez(tmp_path / "bad.npz", arr_0=digits, arr_1=np.arange(3))
+  _error(edit(root / "w", "--task=denoise", f"--images={tmp_path}/bad.npz",
+              f"--out={tmp_path}/x.npz", check=False), "arr_1 (labels) must be 5 integers")
+  out = edit(root / "w", "--task=denoise", f"--images={root}/images.npz", "--noise_sigma=0.5",
+             f"--out={tmp_path}/r.npz")
+  assert "holds no labels (arr_1): labels are drawn at random" in out.stderr
+
+
 def test_sample_cli_random_labels(setup, tmp_path):
   root, _ = setup
   sample(root / "w", "--num_samples=5", "--batch_size=2", f"--out={tmp_path}/random.npz")
