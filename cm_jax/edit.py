@@ -30,6 +30,7 @@ from absl import app, flags
 
 from cm_jax import cli, editing, files, images, parallel, sample, sampling
 from cm_jax.errors import MissingPath, UserError
+from cm_jax.evaluation import two_step
 from cm_jax.train.experiment import Experiment
 
 log = logging.getLogger("cm_jax")
@@ -270,8 +271,10 @@ def main(argv: list[str]) -> None:
       raise UserError(f"{FLAGS.workdir} holds an EDM denoiser; editing (CM Algorithm 4) needs a "
                       "consistency model (method ct, ict, cd, ...).")
     h, w, c = exp.sample_shape
+    # The 2-step level as `sample` takes it: the searched one (evaluate --search_ts) if any.
+    level = two_step.two_step_sigma(FLAGS.workdir, exp.config)[0]
     sigmas = sample.resolve_sigmas(exp.levels, FLAGS.steps, FLAGS.sigmas, FLAGS.ts,
-                                   FLAGS.ts_grid, float(exp.config.sample.two_step_sigma))
+                                   FLAGS.ts_grid, level)
     sigmas = [float(s) for s in sampling.check_sigmas(sigmas, exp.levels)]
     if _IMAGES.value is not None:
       y = to_float(check_size(load_images(_IMAGES.value, c), h, w,

@@ -25,10 +25,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, defaults, files, karras, sampling
+from cm_jax import checkpoint, cli, defaults, files, sampling
 from cm_jax.data import pipeline
 from cm_jax.errors import UserError
-from cm_jax.evaluation import digit_features, fid, inception, two_step
+from cm_jax.evaluation import digit_features, fid, inception, plans, two_step
 from cm_jax.train import report, restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to sample and evaluate.")
@@ -151,28 +151,7 @@ def select_steps(available: list[int], spec: str, directory: str) -> list[int]:
 
 
 def plans_for(exp, workdir: str, steps: list[str]) -> dict:
-  if exp.is_denoiser:
-    plan = sampling.EDMPlan.from_config(exp.config.sample)
-    return {plan.name: plan}
-  out = {}
-  for s in steps:
-    if not s.isdigit() or int(s) < 1:
-      raise UserError(f"--steps takes positive integers, got {s!r}.")
-    k = int(s)
-    if exp.is_trigflow:  # sCT / sCD: TrigFlow times pi/2 and config.scm.two_step_t
-      if k > 2:
-        raise UserError(f"{exp.config.method} workdirs are evaluated at --steps=1,2 (TrigFlow "
-                        f"times); got {k}.")
-      out[f"{k}-step"] = report.sampling_plans(exp.config, exp.levels)[f"{k}-step"]
-      continue
-    if k == 1:
-      levels = [exp.levels.sigma_max]
-    elif k == 2:
-      levels = [exp.levels.sigma_max, two_step.two_step_sigma(workdir, exp.config)[0]]
-    else:
-      levels = list(karras.karras_sigmas(k + 1, exp.levels)[::-1][:k])
-    out[f"{k}-step"] = [float(x) for x in levels]
-  return out
+  return plans.step_plans(exp.config, exp.levels, steps, workdir)
 
 
 def describe(plan, trigflow_time: bool = False) -> dict:

@@ -1,27 +1,47 @@
-"""The sampling plans `cm_jax.evaluate` resolves for each kind of workdir."""
+"""The sampling plans a workdir is scored with (the report and `cm_jax.evaluate`)."""
+import json
 import math
+import os
 
 import pytest
 
-from cm_jax import evaluate, karras
+from cm_jax import karras
 from cm_jax.errors import UserError
+from cm_jax.evaluation import plans
 from cm_jax.train.experiment import Experiment
 from configs import digits
 
 
 def test_trigflow_workdirs_are_evaluated_at_pi_over_2_and_the_two_step_time(tmp_path):
   exp = Experiment.from_config(digits.get_config("method=sct,runlocal"))
-  plans = evaluate.plans_for(exp, str(tmp_path), ["1", "2"])
-  assert plans == {"1-step": [math.pi / 2], "2-step": [math.pi / 2, 1.1]}
+  got = plans.step_plans(exp.config, exp.levels, ["1", "2"], str(tmp_path))
+  assert got == {"1-step": [math.pi / 2], "2-step": [math.pi / 2, 1.1]}
   with pytest.raises(UserError, match="--steps=1,2"):
-    evaluate.plans_for(exp, str(tmp_path), ["3"])
+    plans.step_plans(exp.config, exp.levels, ["3"], str(tmp_path))
 
 
 def test_sigma_workdirs_take_the_configured_level_and_karras_grids(tmp_path):
   config = digits.get_config("method=ict,runlocal")
   exp = Experiment.from_config(config)
-  plans = evaluate.plans_for(exp, str(tmp_path), ["1", "2", "3"])
-  assert plans["1-step"] == [80.0]
-  assert plans["2-step"] == [80.0, config.sample.two_step_sigma]
+  got = plans.step_plans(exp.config, exp.levels, ["1", "2", "3"], str(tmp_path))
+  assert got["1-step"] == [80.0]
+  assert got["2-step"] == [80.0, config.sample.two_step_sigma]
   grid = karras.karras_sigmas(4, exp.levels)[::-1][:3]
-  assert plans["3-step"] == pytest.approx(list(grid))
+  assert got["3-step"] == pytest.approx(list(grid))
+
+
+def test_the_searched_two_step_level_wins_over_the_config(tmp_path):
+  config = digits.get_config("method=ict,runlocal")
+  exp = Experiment.from_config(config)
+  os.makedirs(tmp_path / "eval")
+  (tmp_path / "eval" / "two_step_sigma.json").write_text(json.dumps({"sigma": 0.7}))
+  assert plans.step_plans(config, exp.levels, [2], str(tmp_path))["2-step"] == [80.0, 0.7]
+  assert plans.step_plans(config, exp.levels, [2])["2-step"] == [80.0, 1.5]
+
+
+def test_a_denoiser_is_scored_by_its_ode_solver(tmp_path):
+  config = digits.get_config("method=edm,runlocal")
+  exp = Experiment.from_config(config)
+  (name, plan), = plans.step_plans(config, exp.levels, [1, 2]).items()
+  assert name == "heun-18" and plans.describe_plan(plan) == {"solver": "heun", "levels": 18,
+                                                             "nfe": 35}

@@ -14,9 +14,9 @@ import os
 import jax
 import numpy as np
 
-from cm_jax import cli, data, files, images, methods, sampling, trigflow
+from cm_jax import cli, data, files, images
 from cm_jax.errors import MissingPath, UserError
-from cm_jax.evaluation import digit_features
+from cm_jax.evaluation import digit_features, plans
 from cm_jax.train import restore
 
 log = logging.getLogger("cm_jax")
@@ -28,26 +28,10 @@ def feature_cache_dir() -> str:
 
 
 def sampling_plans(config, levels) -> dict:
-  """Consistency models: 1 and 2 steps (sCT / sCD: at TrigFlow times pi/2 and scm.two_step_t).
-  Denoisers (EDM, TrigFlow): the config's ODE solver (Heun, 18 levels = 35 evaluations by
-  default)."""
-  spec = methods.spec(config.method)
-  if spec.is_denoiser:
-    plan = sampling.EDMPlan.from_config(config.sample)
-    return {plan.name: plan}
-  if spec.is_trigflow:
-    return {"1-step": [trigflow.HALF_PI],
-            "2-step": [trigflow.HALF_PI, float(config.scm.two_step_t)]}
-  return {"1-step": [levels.sigma_max],
-          "2-step": [levels.sigma_max, float(config.sample.two_step_sigma)]}
-
-
-def describe_plan(plan, trigflow_time: bool = False) -> dict:
-  """JSON-able: the levels of a consistency plan (TrigFlow: its times), or the solver of an ODE
-  plan; and the NFE."""
-  if isinstance(plan, sampling.EDMPlan):
-    return {"solver": plan.solver, "levels": plan.num_levels, "nfe": plan.nfe}
-  return {("times" if trigflow_time else "sigmas"): [float(s) for s in plan], "nfe": len(plan)}
+  """The end-of-run plans: 1 and 2 steps (config.sample.two_step_sigma; sCT / sCD at TrigFlow
+  times pi/2 and scm.two_step_t), or a denoiser's ODE solver (Heun, 18 levels = 35 evaluations
+  by default)."""
+  return plans.step_plans(config, levels, [1, 2])
 
 
 def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict, dict]:
@@ -63,7 +47,7 @@ def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict
     samples[name] = exp.generate(params, plan, n, seed=seed)
     report = digit_features.quality_report(net, samples[name], reference["image"],
                                            heldout["image"][:n_heldout])
-    results[name] = {**describe_plan(plan, exp.is_trigflow), **report}
+    results[name] = {**plans.describe_plan(plan, exp.is_trigflow), **report}
   return results, samples
 
 
