@@ -17,7 +17,7 @@ from absl import app, flags
 from cm_jax import cli, files, images, karras, sampling, trigflow
 from cm_jax.errors import UserError
 from cm_jax.evaluation import two_step
-from cm_jax.train import restore
+from cm_jax import api
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (network evaluations). Default: the "
@@ -157,9 +157,8 @@ def load_params(workdir: str, which: str = "ema", step: str = "latest"):
   """(experiment, params, step) restored from a workdir; clear errors for missing/bad ones."""
   if step != "latest" and not step.isdigit():
     raise UserError(f"--checkpoint must be 'latest' or a step number, got {step!r}.")
-  config = restore.workdir_config(workdir)
-  exp, state, _ = restore.restore_state(workdir, config, None if step == "latest" else int(step))
-  return exp, (state.ema_params if which == "ema" else state.params), int(state.step)
+  model = api.load(workdir, step, which)
+  return model.experiment, model.params, model.step
 
 
 def main(argv):

@@ -25,7 +25,7 @@ LAYERS = [
     ("evaluation", ["cm_jax.evaluation"]),
     # command lines and tools
     ("tools", ["cm_jax.sample", "cm_jax.edit", "cm_jax.evaluate", "cm_jax.bench",
-               "cm_jax.convert", "cm_jax.train.report", "cm_jax.train.__main__"]),
+               "cm_jax.convert", "cm_jax.train.report", "cm_jax.train.__main__", "cm_jax.api"]),
 ]
 
 

@@ -1,0 +1,115 @@
+"""cm_jax from Python: a trained workdir as one object.
+
+    import cm_jax
+    m = cm_jax.load("runs/digits_ict")          # the latest checkpoint's evaluation EMA
+    images = m.sample(64, steps=2)              # uint8 [64, H, W, C], as `cm_jax.sample` writes
+    clean = m.denoise(noisy, sigma=0.5)         # one evaluation f(y, sigma), floats in [-1, 1]
+    scores = m.evaluate(num_samples=1000)       # digits workdirs: the report's quality figures
+
+Sample i depends only on (seed, i, the plan, label i), as in the CLIs, so `m.sample` and
+`python -m cm_jax.sample` with the same arguments give the same images.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cm_jax import editing
+from cm_jax.errors import UserError
+from cm_jax.evaluation import plans
+from cm_jax.train import report, restore
+from cm_jax.train.experiment import Experiment
+
+
+@dataclasses.dataclass
+class Model:
+  """A restored workdir: its Experiment (config, network, noise levels) and one set of weights."""
+  workdir: str
+  experiment: Experiment
+  params: Any
+  step: int
+
+  @property
+  def config(self):
+    return self.experiment.config
+
+  @property
+  def num_classes(self) -> int:
+    return self.experiment.num_classes
+
+  def plan(self, steps: Optional[int] = None, sigmas: Optional[Sequence[float]] = None):
+    """The sampling plan: explicit `sigmas` (TrigFlow models: times), else `steps` through the
+    same resolver as the report and `cm_jax.evaluate` (2 steps: the searched level if any); a
+    denoiser takes its configured ODE solver."""
+    if sigmas is not None:
+      if steps is not None:
+        raise UserError("Give steps or sigmas, not both.")
+      return [float(s) for s in sigmas]
+    if self.experiment.is_denoiser:
+      if steps is not None:
+        raise UserError(f"A method={self.config.method} workdir is sampled by its ODE solver "
+                        "(config.sample.edm_solver / edm_levels); it takes no steps.")
+      return next(iter(plans.step_plans(self.config, self.experiment.levels, [1]).values()))
+    k = 1 if steps is None else steps
+    return plans.step_plans(self.config, self.experiment.levels, [k], self.workdir)[f"{k}-step"]
+
+  def sample(self, num_samples: int, steps: Optional[int] = None,
+             sigmas: Optional[Sequence[float]] = None, seed: int = 0, labels=None,
+             batch_size: int = 256) -> np.ndarray:
+    """uint8 [num_samples, H, W, C]. labels: None / 'random' (drawn from the seed), one int for
+    all, or one per sample (class-conditional models only)."""
+    if num_samples < 1:
+      raise UserError(f"num_samples={num_samples}: give at least 1.")
+    return self.experiment.generate(self.params, self.plan(steps, sigmas), num_samples, seed=seed,
+                                    batch_size=batch_size, labels=labels)
+
+  def labels_for(self, count: int, labels=None, seed: int = 0) -> Optional[np.ndarray]:
+    return self.experiment.resolve_labels(labels, count, seed=seed)
+
+  def denoise(self, noisy, sigma: float, labels=None, seed: int = 0) -> np.ndarray:
+    """f(noisy, sigma) for images that carry Gaussian noise of std `sigma` ([-1, 1] floats or
+    uint8 [N, H, W, C]); float32 [N, H, W, C] in [-1, 1]."""
+    exp = self.experiment
+    if exp.is_denoiser or exp.is_trigflow:
+      raise UserError("denoise evaluates a consistency function f(x, sigma): it needs a "
+                      "sigma-time consistency model (ct, ict, cd, ect).")
+    x = np.asarray(noisy)
+    x = x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if x.ndim != 4 or x.shape[1:] != tuple(exp.sample_shape):
+      raise UserError(f"Images must be [N, {', '.join(map(str, exp.sample_shape))}], "
+                      f"got {list(x.shape)}.")
+    if not exp.levels.sigma_min <= sigma <= exp.levels.sigma_max:
+      raise UserError(f"sigma={sigma} must lie in [{exp.levels.sigma_min}, "
+                      f"{exp.levels.sigma_max}].")
+    lab = self.labels_for(len(x), labels, seed)
+    f = exp.consistency_fn(self.params, None if lab is None else jnp.asarray(lab))
+    return np.asarray(jax.jit(lambda y: editing.denoise(f, y, float(sigma),
+                                                        clip=bool(self.config.sample.clip)))(x))
+
+  def evaluate(self, num_samples: int = 1000, seed: int = 1) -> dict:
+    """Digits workdirs: {plan name: quality report} as the end-of-run report computes it (the
+    digit-feature Frechet distance and the held-out floor). Other datasets: FID needs the
+    Inception weights and reference statistics: use `python -m cm_jax.evaluate`."""
+    if self.config.data.name != "digits":
+      raise UserError(f"Model.evaluate scores digits workdirs; for {self.config.data.name!r} use "
+                      "`python -m cm_jax.evaluate --workdir=... --ref=...` (FID / IS).")
+    results, _ = report.score_digits(self.experiment, self.params, num_samples, seed=seed)
+    return results
+
+
+def load(workdir: str, checkpoint: str | int = "latest", params: str = "ema") -> Model:
+  """A workdir's checkpoint (`latest` or a step) with its evaluation EMA (`ema`) or its online
+  weights (`online`)."""
+  if params not in ("ema", "online"):
+    raise UserError(f"params must be 'ema' or 'online', got {params!r}.")
+  if checkpoint != "latest" and not str(checkpoint).isdigit():
+    raise UserError(f"checkpoint must be 'latest' or a step number, got {checkpoint!r}.")
+  config = restore.workdir_config(workdir)
+  step = None if checkpoint == "latest" else int(checkpoint)
+  exp, state, _ = restore.restore_state(workdir, config, step)
+  weights = state.ema_params if params == "ema" else state.params
+  return Model(workdir=str(workdir), experiment=exp, params=weights, step=int(state.step))
