@@ -26,8 +26,8 @@ def test_sample_equals_the_sample_cli(workdir, tmp_path):
   run_cli("cm_jax.sample", f"--workdir={workdir}", "--steps=2", "--seed=3", "--num_samples=6",
           f"--out={tmp_path}/s.npz")
   np.testing.assert_array_equal(mine, np.load(tmp_path / "s.npz")["arr_0"])
-  assert m.plan(steps=2) == [80.0, 1.5]
-  np.testing.assert_array_equal(m.sample(6, sigmas=[80.0, 1.5], seed=3), mine)
+  assert m.plan(steps=2) == [80.0, 2.5]  # the digits iCT config's 2-step level
+  np.testing.assert_array_equal(m.sample(6, sigmas=[80.0, 2.5], seed=3), mine)
 
 
 def test_denoise_labels_and_evaluate(workdir):

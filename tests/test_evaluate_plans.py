@@ -36,7 +36,7 @@ def test_the_searched_two_step_level_wins_over_the_config(tmp_path):
   os.makedirs(tmp_path / "eval")
   (tmp_path / "eval" / "two_step_sigma.json").write_text(json.dumps({"sigma": 0.7}))
   assert plans.step_plans(config, exp.levels, [2], str(tmp_path))["2-step"] == [80.0, 0.7]
-  assert plans.step_plans(config, exp.levels, [2])["2-step"] == [80.0, 1.5]
+  assert plans.step_plans(config, exp.levels, [2])["2-step"] == [80.0, 2.5]
 
 
 def test_a_denoiser_is_scored_by_its_ode_solver(tmp_path):
