@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_levels=18,          # fixed N of the teacher's grid (CIFAR-10 18, ImageNet 64 / LSUN 40)
       solver="heun",          # heun | euler: the teacher's ODE step from s_{n+1} to s_n
       target_decay=0.0,       # target EMA mu (CIFAR-10 0 = stopgrad(theta); ImageNet / LSUN 0.95)
+      weighting="uniform",    # lambda: uniform (CM's CD) | inverse_gap (iCT's 1 / (s_{n+1} - s_n))
   ))
 
   # Easy consistency tuning (SPEC §6): starts from an EDM workdir (config.teacher).

@@ -2,8 +2,9 @@
 
 The only difference from CT is x_lo: one Heun (or Euler) step of the teacher's probability-flow
 ODE from (x_hi, s_{n+1}) down to s_n, with the teacher's EMA weights in eval mode, instead of
-x + s_n z. N is fixed (18 for CIFAR-10, 40 for ImageNet 64), lambda = 1, pairs uniform, and the
-target network is an EMA with a constant mu (0: the target is stopgrad(theta), no copy kept).
+x + s_n z. N is fixed (18 for CIFAR-10, 40 for ImageNet 64), pairs uniform, lambda = 1 (or iCT's
+1 / (s_{n+1} - s_n): distill.weighting), and the target network is an EMA with a constant mu (0:
+the target is stopgrad(theta), no copy kept).
 
 The teacher's parameters reach the loss as `frozen` (a non-donated argument of the train step),
 so they are neither baked into the compiled step nor checkpointed with the student.
@@ -44,7 +45,7 @@ def create(config, net: consistency.Net, sample_shape) -> consistency.Consistenc
                                       config.consistency.lpips_weights),
       pairs=consistency.GridPairs(levels, lambda step: jnp.int32(n),
                                   consistency.uniform_pair_index),
-      weight=consistency.unit_weight,
+      weight=consistency.get_weight(str(dc.weighting), "distill.weighting"),
       target_decay=(lambda step: jnp.float32(mu)) if mu > 0 else None,
       # The student's network config equals the teacher's (checked when the teacher is loaded).
       teacher_step=teacher_step(net, levels, str(dc.solver)),

@@ -36,6 +36,20 @@ def unit_weight(sigma_lo, sigma_hi):
   return jnp.ones_like(sigma_lo)
 
 
+def inverse_gap_weight(sigma_lo, sigma_hi):
+  """iCT's lambda = 1 / (s_{n+1} - s_n): the low levels, whose differences are small, count."""
+  return 1.0 / (sigma_hi - sigma_lo)
+
+
+WEIGHTS = {"uniform": unit_weight, "inverse_gap": inverse_gap_weight}
+
+
+def get_weight(name: str, key: str):
+  if name not in WEIGHTS:
+    raise UserError(f"{key} must be one of {', '.join(WEIGHTS)}, got {name!r}.")
+  return WEIGHTS[name]
+
+
 @dataclasses.dataclass(frozen=True)
 class GridPairs:
   """Adjacent levels (s_n, s_{n+1}) of the Karras grid of N(k) levels of the step."""

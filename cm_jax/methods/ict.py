@@ -44,8 +44,7 @@ def lognormal_pair_logits(num_levels, max_levels: int, levels: karras.NoiseLevel
   return jnp.where(valid & (mass > 0), jnp.log(jnp.where(valid, mass, 1.0)), -jnp.inf)
 
 
-def inverse_gap_weight(sigma_lo, sigma_hi):
-  return 1.0 / (sigma_hi - sigma_lo)
+inverse_gap_weight = consistency.inverse_gap_weight
 
 
 def create(config, net: consistency.Net, sample_shape) -> consistency.ConsistencyTraining:
