@@ -71,6 +71,21 @@ def test_inverse_gap_weight():
   assert float(ict.inverse_gap_weight(jnp.float32(1.0), jnp.float32(1.5))) == pytest.approx(2.0)
 
 
+def test_cd_takes_the_weighting_of_its_config():
+  from cm_jax.errors import UserError
+  from cm_jax.methods import cd, consistency
+  from configs import digits
+  config = digits.get_config("method=cd,runlocal")
+  net = lambda *a: None
+  config.distill.weighting = "uniform"  # CM's CD
+  assert cd.create(config, net, (16, 16, 1)).weight is consistency.unit_weight
+  config.distill.weighting = "inverse_gap"
+  assert cd.create(config, net, (16, 16, 1)).weight is consistency.inverse_gap_weight
+  config.distill.weighting = "snr"
+  with pytest.raises(UserError, match="distill.weighting must be one of uniform, inverse_gap"):
+    cd.create(config, net, (16, 16, 1))
+
+
 def _optim(**kw):
   from configs import base
   oc = base.get_base_config().optim
