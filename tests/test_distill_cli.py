@@ -120,4 +120,5 @@ def test_bad_teachers_are_clear_errors_before_training(runs, tmp_path):
 def test_digits_configs_for_edm_and_cd():
   edm, cd = digits.get_config("method=edm"), digits.get_config("method=cd")
   assert edm.model == cd.model and cd.distill.num_levels == 18 and cd.distill.solver == "heun"
-  assert cd.teacher == "" and cd.consistency.distance == "l2"
+  assert cd.teacher == "" and cd.consistency.distance == "pseudo_huber"
+  assert cd.distill.weighting == "inverse_gap"  # iCT's loss: the digits recipe (README)
