@@ -63,6 +63,7 @@ def test_forward(scale_shift, updown, classes):
   assert not np.allclose(out[0], other[0]) and np.allclose(out[1], other[1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_jvp_through_the_network():
   c = small_config("adm", dropout=0.0, num_head_channels=16)   # two heads of 16 at 8 px
   module = models.create_model(c.model, c.data)

@@ -8,6 +8,9 @@ from cm_jax.train import loop
 from configs import digits
 from tests.cli_runner import run_cli
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

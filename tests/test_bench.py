@@ -2,7 +2,12 @@
 import json
 import math
 
+import pytest
+
 from tests.cli_runner import run_cli
+
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
 
 KEYS = ("params", "compile_s", "step_s", "img_per_s_per_device", "flops_per_step", "peak_flops",
         "peak_fraction", "peak_memory_bytes", "sample_img_per_s")

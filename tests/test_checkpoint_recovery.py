@@ -22,6 +22,9 @@ from cm_jax.train.experiment import Experiment
 from cm_jax.train.step import make_train_step
 from configs import digits
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def small_config(**train):
   c = digits.get_config("method=ict,runlocal")

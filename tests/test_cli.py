@@ -8,6 +8,9 @@ import pytest
 
 from tests.cli_runner import run_cli, sample, train
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -13,6 +13,9 @@ from cm_jax.train import restore, teacher as teacher_lib
 from configs import digits
 from tests.cli_runner import sample, train
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 EDM = "configs/digits.py:method=edm,runlocal"
 CD = "configs/digits.py:method=cd,runlocal"
 

@@ -10,6 +10,9 @@ from PIL import Image
 from cm_jax import editing
 from tests.cli_runner import run_cli, sample, train
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def edit(workdir, *args, **kw):
   return run_cli("cm_jax.edit", f"--workdir={workdir}", *args, **kw)

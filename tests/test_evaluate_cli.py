@@ -14,6 +14,9 @@ from cm_jax import weight_store
 from cm_jax.evaluation import inception
 from tests.cli_runner import run_cli
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def random_inception(path: str, seed: int = 0) -> str:
   """A converted-Inception directory with He-normal random weights (no torch needed)."""

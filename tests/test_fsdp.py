@@ -10,6 +10,9 @@ import pytest
 from cm_jax import parallel
 from tests import REPO_ROOT, subprocess_env
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def test_fsdp_step_matches_data_parallel():
   out = subprocess.run([sys.executable, "-m", "tests.helpers.fsdp_step"], cwd=REPO_ROOT,

@@ -49,6 +49,7 @@ def test_training_reaches_the_discrete_fixed_point(recipe):
   np.testing.assert_allclose(alpha_of(params, net, sig), discrete_fixed_point(n), rtol=0.02)
 
 
+@pytest.mark.slow
 def test_ict_converges_to_exact_consistency_function():
   """iCT with its real curriculum (N doubles from 11 to 1281) finds the family's exact member:
   learned variance within 3% of s^2 and alpha within 2% of the exact alpha on a 40-level grid.

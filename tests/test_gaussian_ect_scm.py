@@ -131,6 +131,7 @@ def test_scd_tangent_vanishes_at_the_exact_consistency_function():
     assert (err < 1e-5) if small else (err > 1e-2), (log_v, err)
 
 
+@pytest.mark.slow
 def test_jvp_tangent_matches_finite_differences_through_the_unet():
   """cos(t) sin(t) dF/dt from jax.jvp (through a one-level digits UNet whose middle block has
   self-attention) against a central difference along the same direction
@@ -235,6 +236,7 @@ def _train_tf(method, params, steps, lr, frozen=None, batch=512, head_only=False
   return params
 
 
+@pytest.mark.slow
 def test_adaptive_weight_head_is_trained_and_learns_the_loss_scale():
   """The head gets gradients, and trained alone against a fixed (wrong) model, exp(-w(t)) becomes
   the expected unweighted loss at t (the minimiser of exp(w) L - w)."""

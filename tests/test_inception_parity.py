@@ -31,6 +31,7 @@ def net(reference):
   return fid.InceptionNet(inception.load(reference[4]), batch_size=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [32, 64, 256])
 def test_pool3_and_logits_match_pytorch_fid(reference, net, size):
   model, base, *_ = reference

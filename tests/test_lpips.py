@@ -35,6 +35,7 @@ def _torch_lpips(model, a, b):
     return model(to_t(a), to_t(b)).reshape(-1).numpy()
 
 
+@pytest.mark.slow
 def test_matches_lpips_package(reference):
   model, *_, dst = reference
   params = lpips.load(dst)
@@ -83,6 +84,7 @@ def _ct_config(distance, weights):
   return c
 
 
+@pytest.mark.slow
 def test_methods_load_the_configured_weights(reference, tmp_path):
   dst = reference[3]
   for method in ("ct", "ict"):

@@ -26,6 +26,9 @@ from configs import digits
 from tests import REPO_ROOT, subprocess_env
 from tests.cli_runner import restore
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 CONFIG = "configs/digits.py:method=ict,runlocal"
 STEPS = 30  # long enough that a SIGTERM after step 1-3 lands mid-run
 OVERRIDES = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",

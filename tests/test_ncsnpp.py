@@ -87,6 +87,7 @@ def test_fir_resampling_matches_upfirdn():
   np.testing.assert_allclose(jax.jit(module.apply)(params, jnp.asarray(x)), expect, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_forward_shapes_class_conditioning_and_dropout():
   c = small_config(class_conditional=True)
   module = models.create_model(c.model, c.data)
@@ -104,6 +105,7 @@ def test_forward_shapes_class_conditioning_and_dropout():
   assert not np.allclose(t1, t2)
 
 
+@pytest.mark.slow
 def test_zero_initialised_output():
   """F = 0 at initialisation (zero output convs), on the smallest network (real initialisers)."""
   c = small_config(resolution=8, channels=8, channel_mult=(1,), attn_resolutions=())
@@ -114,6 +116,7 @@ def test_zero_initialised_output():
   assert out.shape == (1, 8, 8, 3) and not np.any(np.asarray(out))
 
 
+@pytest.mark.slow
 def test_jvp_through_the_network():
   """sCM's tangent: jax.jvp through the whole network, attention included."""
   c = small_config(dropout=0.0)
@@ -183,6 +186,7 @@ def test_cpu_conv_rewrites_match_lax(kernel, side, route):
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4 * float(jnp.abs(v).max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ncsnpp", "adm"])
 def test_remat_changes_memory_not_results(name):
   """model.remat (jax.checkpoint around every residual and attention block) keeps the parameter

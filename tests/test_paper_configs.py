@@ -156,6 +156,7 @@ COVERING = [("cifar10", "method=ict_deep"), ("imagenet64", "method=cd"),
 STEPS = ALL if os.environ.get("CM_JAX_ALL_PAPER_STEPS") else COVERING
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file,arg", STEPS, ids=[f"{f}:{a}" for f, a in STEPS])
 def test_runlocal_initialises_sharded_and_trains_two_steps(fake_dir, file, arg):
   c = get(file, arg + ",runlocal")
@@ -180,6 +181,7 @@ def test_runlocal_initialises_sharded_and_trains_two_steps(fake_dir, file, arg):
   assert any(moved)
 
 
+@pytest.mark.slow
 def test_cifar10_edm_teacher_then_cd_on_8_devices_and_ct_through_the_cli(fake_dir, tmp_path):
   """The real entry point: the runlocal EDM teacher, then CD from it on 8 forced CPU devices and
   the release's CT started from it (students must match the teacher's network: all come from the

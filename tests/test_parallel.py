@@ -9,6 +9,9 @@ import pytest
 
 from tests import subprocess_env
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("method", ["ct", "ict", "cd"])
 def test_train_step_8_devices_matches_1(method):

@@ -6,9 +6,13 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from tests import REPO_ROOT, subprocess_env
 from tests.cli_runner import restore, train
+
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
 
 CONFIG = "configs/digits.py:method=ct,runlocal"
 OVERRIDES = ("--config.train.num_steps=200", "--config.train.log_every=1",

@@ -9,6 +9,9 @@ from cm_jax import cli
 from cm_jax.errors import UserError
 from tests.cli_runner import run_cli, train
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 ICT = "configs/digits.py:method=ict,runlocal"
 UNWRITABLE = "/sys/kernel"  # sysfs: no new entries, not even for root
 

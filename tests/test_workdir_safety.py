@@ -14,6 +14,9 @@ from cm_jax import checkpoint, workdir_lock
 from tests import REPO_ROOT, subprocess_env
 from tests.cli_runner import run_cli, sample, train
 
+# Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
+pytestmark = pytest.mark.slow
+
 ICT = "configs/digits.py:method=ict,runlocal"
 CT = "configs/digits.py:method=ct,runlocal"
 
