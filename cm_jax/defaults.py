@@ -90,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
       time_scale=1.0,         # network time input c_noise(t) = time_scale * t (1 or 1000)
       warmup_steps=10_000,    # tangent warm-up r = min(1, step / warmup_steps)
       tangent_norm_c=0.1,     # g <- g / (||g|| + c); < 0: no normalisation
+      prior_weighting=False,  # sCT / sCD: the squared error weighted by 1 / (sigma_data tan t)
       adaptive_weight=True,   # learned w(t): loss exp(w)/D ||.||^2 - w (else w = 0)
       weight_hidden=64,       # width of the w(t) head
       two_step_t=1.1,         # the intermediate time of 2-step sampling

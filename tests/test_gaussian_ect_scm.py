@@ -190,6 +190,27 @@ def test_tangent_is_the_formula_with_the_jvp_and_the_warmup():
                              norms / (norms + 0.1), rtol=1e-5)
 
 
+def test_prior_weighting_divides_each_squared_error_by_sigma_d_tan_t():
+  config = scm_config("sct", warmup_steps=100, adaptive_weight=False)
+  plain = scm.create_sct(config, cm_family(), SHAPE)
+  config.scm.prior_weighting = True
+  prior = scm.create_sct(config, cm_family(), SHAPE)
+  params = {"log_v": jnp.float32(np.log(1.3 * S_TF**2))}  # off the exact point: errors > 0
+  batch, key = tf_batch(16), jax.random.PRNGKey(5)
+  (loss_plain, aux), (loss_prior, aux_prior) = (m.loss(params, None, batch, key, 50)
+                                                for m in (plain, prior))
+  assert float(aux["mse"]) == pytest.approx(float(aux_prior["mse"]))  # logged unweighted
+  # The per-sample errors behind the plain mean, recomputed as the loss draws them.
+  t, z, x_t = plain.draw(jax.random.split(key)[0], batch["image"])
+  f_minus, g = plain.tangent(params, x_t, t, plain.dxt_dt(batch["image"], z, t, x_t, None, None),
+                             None, None, 50)
+  target = f_minus + plain.normalise(g)
+  mse = jnp.mean(jnp.square((plain.velocity(params, x_t, t, None, True, None) - target)
+                            .reshape(16, -1)), axis=1)
+  np.testing.assert_allclose(loss_plain, jnp.mean(mse), rtol=1e-5)
+  np.testing.assert_allclose(loss_prior, jnp.mean(mse / (SD * jnp.tan(t))), rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["trigflow", "sct", "scd"])
 def test_trigflow_methods_converge_to_the_exact_functions(name):
   """Training the one-parameter families (with the adaptive weighting head) finds v = s^2; the

@@ -132,6 +132,7 @@ class ContinuousConsistency(TrigFlowBase):
   distill: bool = False
   warmup_steps: int = 10_000
   tangent_norm_c: float = 0.1   # < 0: no normalisation
+  prior_weighting: bool = False  # sCM's prior weight 1 / (sigma_d tan t) on the squared error
 
   @property
   def uses_teacher(self) -> bool:
@@ -180,7 +181,9 @@ class ContinuousConsistency(TrigFlowBase):
     target = jax.lax.stop_gradient(f_minus + self.normalise(g))
     # The same dropout key as the jvp pass: F_theta - F^- is zero in value, its gradient is F's.
     mse = _mse(self.velocity(params, x_t, t, labels, True, rng_dropout), target)
-    loss, aux = self.weighted(params, t, mse)
+    # Prior weighting: small t, the low noise the consistency condition is anchored at, counts more.
+    err = mse / (self.sigma_data * jnp.tan(t)) if self.prior_weighting else mse
+    loss, aux = self.weighted(params, t, err)
     return loss, {"mse": jnp.mean(mse), "tangent_norm": jnp.mean(g_norm),
                   "warmup": self.warmup(step), **aux}
 
@@ -210,7 +213,8 @@ def _create_consistency(config, net, distill: bool) -> ContinuousConsistency:
   sc = config.scm
   return ContinuousConsistency(**_common(config, net), distill=distill,
                                warmup_steps=int(sc.warmup_steps),
-                               tangent_norm_c=float(sc.tangent_norm_c))
+                               tangent_norm_c=float(sc.tangent_norm_c),
+                               prior_weighting=bool(sc.prior_weighting))
 
 
 def create_sct(config, net: consistency.Net, sample_shape) -> ContinuousConsistency:
