@@ -13,6 +13,15 @@ import numpy as np
 from cm_jax.errors import MissingPath, UserError
 
 
+def _read_umask() -> int:
+  mask = os.umask(0)  # the only portable way to read it; set back at once (at import, before
+  os.umask(mask)      # any thread of ours writes files)
+  return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_atomically(path: str, data: bytes) -> None:
   """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
   folder = os.path.dirname(path) or "."
@@ -21,6 +30,8 @@ def write_atomically(path: str, data: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
+    # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask).
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
