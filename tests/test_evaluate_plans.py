@@ -15,7 +15,8 @@ from configs import digits
 def test_trigflow_workdirs_are_evaluated_at_pi_over_2_and_the_two_step_time(tmp_path):
   exp = Experiment.from_config(digits.get_config("method=sct,runlocal"))
   got = plans.step_plans(exp.config, exp.levels, ["1", "2"], str(tmp_path))
-  assert got == {"1-step": [math.pi / 2], "2-step": [math.pi / 2, 1.1]}
+  assert got == {"1-step": [math.pi / 2], "2-step": [math.pi / 2, exp.config.scm.two_step_t]}
+  assert exp.config.scm.two_step_t == 0.2  # the digits sCT's level
   with pytest.raises(UserError, match="--steps=1,2"):
     plans.step_plans(exp.config, exp.levels, ["3"], str(tmp_path))
 
