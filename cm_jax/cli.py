@@ -48,6 +48,11 @@ def setup_logging() -> None:
 def report_user_error(e: BaseException, debug: bool = False) -> int:
   if debug:
     traceback.print_exception(e, file=sys.stderr)
+  else:
+    # A failed restore leaves sibling read tasks whose exceptions nobody retrieves; asyncio logs
+    # each with its traceback when they are collected at exit (seen on loaded machines). They
+    # repeat the error just reported, so after it the asyncio logger stays quiet.
+    logging.getLogger("asyncio").disabled = True
   print(f"error: {e}", file=sys.stderr)
   return EXIT_USER_ERROR
 
