@@ -154,14 +154,8 @@ def plans_for(exp, workdir: str, steps: list[str]) -> dict:
   return plans.step_plans(exp.config, exp.levels, steps, workdir)
 
 
-def describe(plan, trigflow_time: bool = False) -> dict:
-  if isinstance(plan, sampling.EDMPlan):
-    return {"solver": plan.solver, "levels": plan.num_levels, "nfe": plan.nfe}
-  return {("times" if trigflow_time else "sigmas"): [float(s) for s in plan], "nfe": len(plan)}
-
-
 def _key(step: int, plan, net, ref, num: int, trigflow_time: bool = False) -> dict:
-  return {"checkpoint_step": step, **describe(plan, trigflow_time), "num_samples": num,
+  return {"checkpoint_step": step, **plans.describe_plan(plan, trigflow_time), "num_samples": num,
           "seed": _SEED.value,
           "features": net.name, "reference": ref.source, "params": _PARAMS.value}
 
@@ -190,7 +184,7 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
   kid = _key_id(key)
   for row in read_results(eval_dir):
     if row.get("key_id") == kid:
-      print(f"  step {step} {describe(plan, exp.is_trigflow)}: already evaluated "
+      print(f"  step {step} {plans.describe_plan(plan, exp.is_trigflow)}: already evaluated "
             f"(FID {row['fid']:.4f})")
       return row
   partial = os.path.join(eval_dir, f"partial_{kid}.npz")
@@ -282,7 +276,7 @@ def evaluate_workdir(workdir: str) -> list[dict]:
       rows += search_two_step(exp, params, step, net, ref, eval_dir, workdir)
       continue
     for name, plan in plans_for(exp, workdir, _STEPS.value).items():
-      print(f"Checkpoint {step}, {name} {describe(plan, exp.is_trigflow)}: {_NUM.value} samples")
+      print(f"Checkpoint {step}, {name} {plans.describe_plan(plan, exp.is_trigflow)}: {_NUM.value} samples")
       rows.append(evaluate_plan(exp, params, step, plan, net, ref, eval_dir, _NUM.value))
   print(format_table(rows))
   print(f"Results appended to {os.path.join(eval_dir, 'results.jsonl')}")
