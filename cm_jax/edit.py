@@ -289,8 +289,8 @@ def main(argv: list[str]) -> None:
       wanted = stored_labels(_IMAGES.value, count)
       if wanted is None:
         log.warning("%s is class-conditional and %s holds no labels (arr_1): labels are drawn "
-                        "at random; pass --labels to condition the edit on the images' classes.",
-                        FLAGS.workdir, _IMAGES.value)
+                    "at random; pass --labels to condition the edit on the images' classes.",
+                    FLAGS.workdir, _IMAGES.value)
     labels = exp.resolve_labels(wanted, count, seed=FLAGS.seed)
     # The edit's noise uses the sampler's key, so interpolation ends are the sample CLI's
     # samples 2k, 2k+1 of the same seed; masks and added noise get streams of their own.
