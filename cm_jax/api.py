@@ -42,7 +42,7 @@ class Model:
     return self.experiment.num_classes
 
   def plan(self, steps: Optional[int] = None, sigmas: Optional[Sequence[float]] = None):
-    """The sampling plan: explicit `sigmas` (TrigFlow models: times), else `steps` through the
+    """The sampling plan: explicit `sigmas` (TrigFlow and MeanFlow models: times), else `steps` through the
     same resolver as the report and `cm_jax.evaluate` (2 steps: the searched level if any); a
     denoiser takes its configured ODE solver."""
     if sigmas is not None:
@@ -76,7 +76,7 @@ class Model:
     exp = self.experiment
     if exp.is_denoiser or exp.is_trigflow:
       raise UserError("denoise evaluates a consistency function f(x, sigma): it needs a "
-                      "sigma-time consistency model (ct, ict, cd, ect).")
+                      "consistency model in sigma (ct, ict, cd, ect) or a MeanFlow model.")
     x = np.asarray(noisy)
     x = x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
     if x.ndim != 4 or x.shape[1:] != tuple(exp.sample_shape):

@@ -45,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
       use_scale_shift_norm=False,  # adm: ImageNet 64 True, LSUN 256 False
       resblock_updown=True,   # adm: resample inside residual blocks
       dtype="float32",        # compute dtype: float32 | bfloat16 (params, optimizer, EMA stay fp32)
+      time_inputs=1,          # 2: the network takes (t, t - r) (MeanFlow), each embedded apart
+      null_class=False,       # a 'no class' label (index num_classes) for classifier-free guidance
       remat="none",           # ncsnpp / adm blocks: none | dots (keep conv/matmul outputs,
                               # recompute norms and activations) | full (keep block inputs)
   ))
@@ -94,6 +96,21 @@ def base_config() -> ml_collections.ConfigDict:
       adaptive_weight=True,   # learned w(t): loss exp(w)/D ||.||^2 - w (else w = 0)
       weight_hidden=64,       # width of the w(t) head
       two_step_t=1.1,         # the intermediate time of 2-step sampling
+  ))
+
+  # MeanFlow (Geng et al. 2025): the average velocity u(z, r, t) on z_t = (1 - t) x + t e.
+  # Defaults: the paper's ImageNet ablation settings (CIFAR-10's are in configs/cifar10.py).
+  c.meanflow = ml_collections.ConfigDict(dict(
+      p_mean=-0.4,            # t, r ~ logit-normal: sigmoid(N(p_mean, p_std^2)), t = the larger
+      p_std=1.0,
+      ratio_r_neq_t=0.25,     # the fraction of samples with r != t (the rest: r = t, flow matching)
+      norm_p=1.0,             # adaptive weight 1 / (||delta||^2 + norm_c)^norm_p (0: plain l2)
+      norm_c=1e-3,
+      time_scale=1.0,         # network time inputs time_scale * (t, t - r)
+      two_step_t=0.5,         # 2-step sampling: 1 -> two_step_t -> 0
+      cfg_omega=1.0,          # classifier-free guidance folded into the target (1: none)
+      cfg_kappa=0.0,          # the conditional u's share of the guided velocity (paper's kappa)
+      class_dropout=0.0,      # labels replaced by 'no class' (model.null_class) this often
   ))
 
   c.optim = ml_collections.ConfigDict(dict(

@@ -154,8 +154,8 @@ def plans_for(exp, workdir: str, steps: list[str]) -> dict:
   return plans.step_plans(exp.config, exp.levels, steps, workdir)
 
 
-def _key(step: int, plan, net, ref, num: int, trigflow_time: bool = False) -> dict:
-  return {"checkpoint_step": step, **plans.describe_plan(plan, trigflow_time), "num_samples": num,
+def _key(step: int, plan, net, ref, num: int, in_time: bool = False) -> dict:
+  return {"checkpoint_step": step, **plans.describe_plan(plan, in_time), "num_samples": num,
           "seed": _SEED.value,
           "features": net.name, "reference": ref.source, "params": _PARAMS.value}
 
@@ -180,11 +180,11 @@ def read_results(eval_dir: str) -> list[dict]:
 
 def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: int) -> dict:
   """FID/IS of `num` samples of one plan, resumable: returns the recorded row if done."""
-  key = _key(step, plan, net, ref, num, exp.is_trigflow)
+  key = _key(step, plan, net, ref, num, exp.plans_in_time)
   kid = _key_id(key)
   for row in read_results(eval_dir):
     if row.get("key_id") == kid:
-      print(f"  step {step} {plans.describe_plan(plan, exp.is_trigflow)}: already evaluated "
+      print(f"  step {step} {plans.describe_plan(plan, exp.plans_in_time)}: already evaluated "
             f"(FID {row['fid']:.4f})")
       return row
   partial = os.path.join(eval_dir, f"partial_{kid}.npz")
@@ -276,7 +276,7 @@ def evaluate_workdir(workdir: str) -> list[dict]:
       rows += search_two_step(exp, params, step, net, ref, eval_dir, workdir)
       continue
     for name, plan in plans_for(exp, workdir, _STEPS.value).items():
-      print(f"Checkpoint {step}, {name} {plans.describe_plan(plan, exp.is_trigflow)}: {_NUM.value} samples")
+      print(f"Checkpoint {step}, {name} {plans.describe_plan(plan, exp.plans_in_time)}: {_NUM.value} samples")
       rows.append(evaluate_plan(exp, params, step, plan, net, ref, eval_dir, _NUM.value))
   print(format_table(rows))
   print(f"Results appended to {os.path.join(eval_dir, 'results.jsonl')}")
@@ -285,9 +285,12 @@ def evaluate_workdir(workdir: str) -> list[dict]:
 
 def search_two_step(exp, params, step, net, ref, eval_dir, workdir) -> list[dict]:
   """Ternary search of the middle index t of ts = (0, t, grid-1) on FID (SPEC §8)."""
-  if exp.is_denoiser or exp.is_trigflow:
+  if exp.is_denoiser or exp.plans_in_time:
     raise UserError("--search_ts searches the sigma of a 2-step consistency model (SPEC §8); "
-                    f"this workdir holds method={exp.config.method}.")
+                    f"this workdir holds method={exp.config.method}"
+                    + (", sampled at times: sweep its 2-step time with "
+                       "launch/two_step_sweep.py or --config.*.two_step_t." if exp.plans_in_time
+                       else "."))
   grid = _TS_GRID.value
   if grid < 3:
     raise UserError(f"--ts_grid must be at least 3, got {grid}.")

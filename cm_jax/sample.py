@@ -14,9 +14,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import cli, files, images, karras, sampling, trigflow
+from cm_jax import cli, files, flow, images, karras, sampling, trigflow
 from cm_jax.errors import UserError
-from cm_jax.evaluation import two_step
+from cm_jax.evaluation import plans, two_step
 from cm_jax import api
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -34,7 +34,9 @@ _TS = flags.DEFINE_list("ts", None, "Released convention: indices into a descend
 _TS_GRID = flags.DEFINE_integer("ts_grid", 18, "Levels of the grid --ts indexes.")
 _TIMES = flags.DEFINE_list("times", None, "sCT / sCD workdirs (TrigFlow time): decreasing times "
                            "in (0, pi/2]. Default: 1 step -> [pi/2]; 2 steps -> [pi/2, "
-                           "config.scm.two_step_t].")
+                           "config.scm.two_step_t]. MeanFlow workdirs: decreasing times in "
+                           "(0, 1], the trajectory ending at 0. Default: [1]; 2 steps -> [1, "
+                           "config.meanflow.two_step_t]; k steps -> k of equal length.")
 _NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.")
 _OUT = flags.DEFINE_string("out", None, "Output .npz path.")
 _GRID = flags.DEFINE_string("grid", None, "Also write a PNG grid of (up to 256 of) the samples.")
@@ -91,12 +93,12 @@ def numbers(values, flag: str, kind=float) -> list:
 
 
 def resolve_plan(exp):
-  """Consistency levels from --steps/--sigmas/--ts (sCT / sCD: --steps/--times), or a denoiser
-  workdir's ODE solver."""
-  if exp.is_trigflow and not exp.is_denoiser:
+  """Consistency levels from --steps/--sigmas/--ts (sCT / sCD / MeanFlow: --steps/--times), or a
+  denoiser workdir's ODE solver."""
+  if exp.plans_in_time and not exp.is_denoiser:
     return resolve_times(exp)
   if _TIMES.value:
-    raise UserError(f"--times is for sCT / sCD workdirs; {_WORKDIR.value} holds a "
+    raise UserError(f"--times is for sCT / sCD / MeanFlow workdirs; {_WORKDIR.value} holds a "
                     f"method={exp.config.method} model.")
   if exp.is_denoiser:
     given = [name for name, v in (("--steps", _STEPS.value), ("--sigmas", _SIGMAS.value),
@@ -117,28 +119,24 @@ def resolve_plan(exp):
 
 
 def resolve_times(exp):
-  """TrigFlow consistency times: --times, or pi/2 (1 step) then config.scm.two_step_t (2 steps)."""
+  """Consistency times (TrigFlow, MeanFlow): --times, or the k-step plan of
+  evaluation.plans.time_plan (the one the report and `cm_jax.evaluate` use)."""
   given = [name for name, v in (("--sigmas", _SIGMAS.value), ("--ts", _TS.value),
                                 ("--edm_levels", _EDM_LEVELS.value),
                                 ("--edm_solver", _EDM_SOLVER.value)) if v]
+  span = "[0, 1]" if exp.is_flow else "(0, pi/2]"
   if given:
-    raise UserError(f"{_WORKDIR.value} holds a method={exp.config.method} model in TrigFlow time "
-                    f"t in (0, pi/2]: use --steps or --times, not {', '.join(given)}.")
+    raise UserError(f"{_WORKDIR.value} holds a method={exp.config.method} model in time t in "
+                    f"{span}: use --steps or --times, not {', '.join(given)}.")
   steps = _STEPS.value
   if steps is not None and steps < 1:
     raise UserError(f"--steps={steps}: give at least 1 sampling step.")
-  if _TIMES.value:
-    out = numbers(_TIMES.value, "--times", float)
-  elif (steps or 1) == 1:
-    out = [trigflow.HALF_PI]
-  elif steps == 2:
-    out = [trigflow.HALF_PI, float(exp.config.scm.two_step_t)]
-  else:
-    raise UserError(f"--steps={steps}: give the {steps} times with --times (decreasing, "
-                    "pi/2 first).")
+  out = (numbers(_TIMES.value, "--times", float) if _TIMES.value
+         else plans.time_plan(exp.config, steps or 1))
   if steps is not None and len(out) != steps:
     raise UserError(f"--steps={steps} but {len(out)} times were given: {out}.")
-  return [float(t) for t in trigflow.check_times(out)]
+  check = flow.check_times if exp.is_flow else trigflow.check_times
+  return [float(t) for t in check(out)]
 
 
 def parse_labels(values):
@@ -183,7 +181,7 @@ def main(argv):
                                  **({} if labels is None else {"arr_1": labels}))
       how = (f"with {plan.solver} over {plan.num_levels} levels ({plan.nfe} evaluations)"
              if isinstance(plan, sampling.EDMPlan)
-             else f"at {'times' if exp.is_trigflow else 'sigmas'} {plan}")
+             else f"at {'times' if exp.plans_in_time else 'sigmas'} {plan}")
       print(f"Wrote {len(samples)} samples of checkpoint step {step} {how} to {_OUT.value}")
       if _GRID.value:
         images.save_png(_GRID.value, images.make_grid(samples[:256]), scale=4)

@@ -7,11 +7,14 @@ Usage: --config=configs/cifar10.py:method=edm                       the teacher 
        --config=configs/cifar10.py:method=ect --config.teacher=EDM   ECT (SPEC §6)
        --config=configs/cifar10.py:method=trigflow                   the sCD teacher (SPEC §7)
        --config=configs/cifar10.py:method=sct | method=scd --config.teacher=TRIGFLOW   sCT / sCD
+       --config=configs/cifar10.py:method=meanflow                   MeanFlow (docs/meanflow.md)
        add ,variant=release for the JAX release's launch settings (cd, ct), ,runlocal to shrink.
 
 Network: NCSN++ (SPEC §12), Fourier embedding scale 16 (CM) or 0.02 (iCT). Unconditional.
 Optimizer: RAdam as the paper says (the release's CD/CT configs use RAdam too; EDM uses Adam).
 """
+import math
+
 import ml_collections
 
 from configs import base
@@ -20,7 +23,7 @@ from configs import paper
 FILE = "configs/cifar10.py"
 METHODS = {"edm": ("paper",), "cd": ("paper", "release"), "ct": ("paper", "release"),
            "ict": ("paper",), "ict_deep": ("paper",), "ect": ("paper",), "trigflow": ("paper",),
-           "sct": ("paper",), "scd": ("paper",)}
+           "sct": ("paper",), "scd": ("paper",), "meanflow": ("paper",)}
 
 ROWS = {
     # CM Table 3, CIFAR-10 CD / CT: RAdam 4e-4, batch 512, 800k steps, EMA 0.9999, no warm-up.
@@ -59,6 +62,17 @@ METHOD_KEYS = {
             "ect.stage_steps": 25_000, "ect.huber_c": 0.0},
 }
 METHOD_KEYS.update(paper.scm_keys(p_mean=-1.0, p_std=1.4))
+# MeanFlow's CIFAR-10 row (paper appendix; its PyTorch release's launch line): Adam 6e-4 (0.9,
+# 0.999), batch 1024, 800k steps, a 10M-image warm-up (200 epochs), EMA 0.99995, dropout 0.2;
+# t, r ~ logit-normal(-2, 2), r != t for 75%, adaptive weight p = 0.75, c = 1e-3; unconditional,
+# 1-NFE FID 2.92. Not here: the release's EDM augmentation (an augment label into the network).
+# The release's DDPM++ embeds t and t - r apart (positional features of the raw times, frequencies
+# up to 1) side by side: our NCSN++ does the same with Fourier features of scale 1 / (2 pi), so
+# that 2 pi W has unit spread (our choice). 2 steps through t = 0.5 (our choice).
+ROWS["meanflow"] = paper.Row(learning_rate=6e-4, batch_size=1024, steps=800_000, ema_rate=0.99995,
+                            optimizer="adam", dropout=0.2, warmup_images=1e7)
+METHOD_KEYS["meanflow"] = paper.meanflow_keys(p_mean=-2.0, p_std=2.0, ratio_r_neq_t=0.75,
+                                              norm_p=0.75)
 
 # The JAX release (openai/consistency_models_cifar10 configs cifar10_ve_cd.py,
 # cifar10_ve_ct_adaptive.py): a 10M-image warm-up for both, CT at lr 2e-4 and the release's
@@ -78,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # iCT and sCM replaced CM's Fourier scale 16 with 0.02; ECT keeps its EDM teacher's network.
   is_ict = args.method in ("ict", "ict_deep", "trigflow", "sct", "scd")
   # iCT-deep doubles the depth: 8 residual blocks per level instead of 4.
-  paper.ncsnpp(c, fourier_scale=0.02 if is_ict else 16.0,
+  fourier = 0.02 if is_ict else 1 / (2 * math.pi) if args.method == "meanflow" else 16.0
+  paper.ncsnpp(c, fourier_scale=fourier,
                num_res_blocks=8 if args.method == "ict_deep" else 4)
   return paper.finish(c, args, ROWS[args.method], METHOD_KEYS, RELEASE)

@@ -120,6 +120,8 @@ def apply_row(c: ml_collections.ConfigDict, method: str, row: Row) -> None:
   elif method == "edm":
     c.edm.update(dict(p_mean=-1.2, p_std=1.2))
     c.sample.update(dict(edm_levels=row.num_levels, edm_solver="heun"))
+  elif method == "meanflow":
+    pass  # its block (c.meanflow) and two time inputs come from the dataset file's overrides
   elif method in ("ect", "trigflow", "sct", "scd"):
     # Their own blocks (c.ect, c.scm) come from the dataset file's overrides; the TrigFlow teacher
     # is sampled by the EDM ODE solver over the row's levels.
@@ -137,6 +139,20 @@ def scm_keys(p_mean: float, p_std: float) -> dict[str, dict]:
   consistency = {**teacher, "scm.warmup_steps": 10_000, "scm.tangent_norm_c": 0.1,
                  "scm.two_step_t": 1.1}
   return {"trigflow": teacher, "sct": consistency, "scd": consistency}
+
+
+def meanflow_keys(*, p_mean: float, p_std: float, ratio_r_neq_t: float, norm_p: float,
+                  **guidance) -> dict:
+  """The overrides of a MeanFlow row: two time inputs, the (t, r) sampler, the adaptive weight's
+  power (c = 1e-3), and classifier-free guidance (cfg_omega, cfg_kappa, class_dropout) if given;
+  guidance trains a 'no class' label."""
+  keys = {"model.time_inputs": 2, "meanflow.p_mean": p_mean, "meanflow.p_std": p_std,
+          "meanflow.ratio_r_neq_t": ratio_r_neq_t, "meanflow.norm_p": norm_p,
+          "meanflow.norm_c": 1e-3, "meanflow.two_step_t": 0.5}
+  keys.update({f"meanflow.{k}": v for k, v in guidance.items()})
+  if guidance.get("class_dropout", 0) > 0:
+    keys["model.null_class"] = True
+  return keys
 
 
 def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> None:

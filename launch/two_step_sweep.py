@@ -1,11 +1,10 @@
 """The README's 2-step level sweeps on digits: the digit-feature figure of 1000 samples at one step
-and at two steps through each given level (TrigFlow models: times), same seed as the report.
+and at two steps through each given level (TrigFlow and MeanFlow models: times), same seed as
+the report.
 
   python launch/two_step_sweep.py runs/digits_cd 0.5,0.821,1.5,2.5,5.0 [--no_clip]
 """
 import sys
-
-import numpy as np
 
 import cm_jax
 from cm_jax import data
@@ -21,7 +20,7 @@ def main(argv):
     m.config.sample.clip = False
   ref, held = (data.load_split(m.config.data, split) for split in ("train", "test"))
   net = digit_features.load_or_train(feature_cache_dir(), ref["image"], ref["label"])
-  top = np.pi / 2 if m.experiment.is_trigflow else m.experiment.levels.sigma_max
+  top = m.plan(steps=1)[0]
 
   def show(name, plan):
     r = digit_features.quality_report(net, m.sample(1000, sigmas=plan, seed=1), ref["image"],

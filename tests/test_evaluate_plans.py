@@ -17,8 +17,17 @@ def test_trigflow_workdirs_are_evaluated_at_pi_over_2_and_the_two_step_time(tmp_
   got = plans.step_plans(exp.config, exp.levels, ["1", "2"], str(tmp_path))
   assert got == {"1-step": [math.pi / 2], "2-step": [math.pi / 2, exp.config.scm.two_step_t]}
   assert exp.config.scm.two_step_t == 0.2  # the digits sCT's level
-  with pytest.raises(UserError, match="--steps=1,2"):
+  with pytest.raises(UserError, match="has 1- and 2-step plans"):
     plans.step_plans(exp.config, exp.levels, ["3"], str(tmp_path))
+
+
+def test_meanflow_workdirs_are_evaluated_at_times_from_1():
+  """1 step from t = 1; 2 through meanflow.two_step_t; k steps of equal length; times in the
+  description."""
+  config = digits.get_config("method=meanflow,runlocal")
+  got = plans.step_plans(config, karras.NoiseLevels(), ["1", "2", "4"])
+  assert got == {"1-step": [1.0], "2-step": [1.0, 0.5], "4-step": [1.0, 0.75, 0.5, 0.25]}
+  assert plans.describe_plan(got["2-step"], in_time=True) == {"times": [1.0, 0.5], "nfe": 2}
 
 
 def test_sigma_workdirs_take_the_configured_level_and_karras_grids(tmp_path):

@@ -24,6 +24,7 @@ def test_the_configs_list_the_registered_methods():
   assert base.METHODS == methods.NAMES
   assert set(methods.DENOISERS) == {"edm", "trigflow"}
   assert set(methods.TRIGFLOW) == {"trigflow", "sct", "scd"}
+  assert [n for n, s in methods.SPECS.items() if s.is_flow] == ["meanflow"]
   assert methods.OPTIONAL_TEACHERS == {"ct": "edm"}
 
 
@@ -36,4 +37,4 @@ def test_a_spec_with_an_unknown_kind_or_a_teacher_without_its_method_is_refused(
 
 def test_an_unknown_method_is_a_user_error():
   with pytest.raises(ValueError, match="this version has ct, ict"):
-    methods.spec("meanflow")
+    methods.spec("nosuch")

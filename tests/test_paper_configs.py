@@ -45,7 +45,7 @@ def test_every_paper_config_builds(file, arg):
   for runlocal in ("", ",runlocal"):
     c = get(file, arg + runlocal)
     assert c.data.random_flip  # "random horizontal flips everywhere"
-    assert c.method in ("edm", "cd", "ct", "ict", "ect", "trigflow", "sct", "scd")
+    assert c.method in ("edm", "cd", "ct", "ict", "ect", "trigflow", "sct", "scd", "meanflow")
     assert c.model.name == ("ncsnpp" if file == "cifar10" else "adm")
   # The runlocal shrink builds its network and method and traces its sharded state.
   c = get(file, arg + ",runlocal")
@@ -83,7 +83,23 @@ EXPECTED = {
     ("imagenet64", "method=ict"): dict(dist="pseudo_huber", s=(10, 1280), dtype="bfloat16"),
     ("cifar10", "method=edm"): dict(lr=1e-3, batch=512, opt="adam", steps=400_000,
                                     dropout=0.13, fourier=16.0, ema=0.5 ** (512 / 5e5)),
+    # MeanFlow's CIFAR-10 row: Adam 6e-4, batch 1024, 800k steps, 10M-image warm-up, EMA 0.99995.
+    ("cifar10", "method=meanflow"): dict(lr=6e-4, batch=1024, opt="adam", steps=800_000,
+                                         ema=0.99995, dropout=0.2, warmup=9765, dtype="float32"),
 }
+
+
+def test_meanflow_rows_carry_the_papers_sampler_and_weighting():
+  c = get("cifar10", "method=meanflow")
+  assert (c.model.time_inputs, c.model.null_class, c.model.class_conditional) == (2, False, False)
+  mf = c.meanflow
+  assert (mf.p_mean, mf.p_std, mf.ratio_r_neq_t, mf.norm_p, mf.norm_c) == (-2.0, 2.0, 0.75, 0.75,
+                                                                          1e-3)
+  assert mf.cfg_omega == 1.0 and mf.class_dropout == 0.0
+  c = get("imagenet64", "method=meanflow")  # the paper's ImageNet sampler, guidance (our choice)
+  mf = c.meanflow
+  assert (mf.p_mean, mf.p_std, mf.ratio_r_neq_t, mf.norm_p) == (-0.4, 1.0, 0.25, 1.0)
+  assert (mf.cfg_omega, mf.class_dropout, c.model.null_class) == (2.0, 0.1, True)
 
 
 @pytest.mark.parametrize("key", EXPECTED, ids=[":".join(k) for k in EXPECTED])

@@ -1,6 +1,6 @@
 """Training methods by name: one `MethodSpec` each (contract.py), the only table of them."""
 from cm_jax.errors import UserError
-from cm_jax.methods import cd, ct, ect, edm, ict, scm
+from cm_jax.methods import cd, ct, ect, edm, ict, meanflow, scm
 from cm_jax.methods.contract import Method, MethodSpec
 
 SPECS = {s.name: s for s in (
@@ -23,6 +23,8 @@ SPECS = {s.name: s for s in (
     MethodSpec("scd", scm.create_scd, "consistency", "trigflow", teacher="required",
                teacher_method="trigflow",
                summary="continuous-time consistency distillation from a TrigFlow teacher"),
+    MethodSpec("meanflow", meanflow.create, "consistency", "flow",
+               summary="MeanFlow (Geng et al. 2025): the average velocity, 1 step from scratch"),
 )}
 NAMES = tuple(SPECS)
 # Views of SPECS that callers test membership in.

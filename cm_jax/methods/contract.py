@@ -39,7 +39,8 @@ class MethodSpec:
   # "consistency": a consistency function f(x, s), sampled in 1 or a few steps;
   # "denoiser": a denoiser or velocity network, sampled by an ODE solver (sampling.EDMPlan)
   kind: str
-  # "sigma": EDM's noise levels (karras.py); "trigflow": TrigFlow time t in [0, pi/2]
+  # "sigma": EDM's noise levels (karras.py); "trigflow": TrigFlow time t in [0, pi/2];
+  # "flow": the linear path z_t = (1 - t) x + t e, t in [0, 1] (flow.py, MeanFlow)
   time: str
   # "none" | "optional" (may start from a trained workdir) | "required" (--config.teacher)
   teacher: str = "none"
@@ -49,8 +50,8 @@ class MethodSpec:
   def __post_init__(self):
     if self.kind not in ("consistency", "denoiser"):
       raise ValueError(f"{self.name}: kind must be consistency or denoiser, got {self.kind!r}")
-    if self.time not in ("sigma", "trigflow"):
-      raise ValueError(f"{self.name}: time must be sigma or trigflow, got {self.time!r}")
+    if self.time not in ("sigma", "trigflow", "flow"):
+      raise ValueError(f"{self.name}: time must be sigma, trigflow or flow, got {self.time!r}")
     if (self.teacher == "none") != (self.teacher_method is None):
       raise ValueError(f"{self.name}: teacher_method goes with teacher optional/required")
     if self.teacher not in ("none", "optional", "required"):
@@ -63,3 +64,12 @@ class MethodSpec:
   @property
   def is_trigflow(self) -> bool:
     return self.time == "trigflow"
+
+  @property
+  def is_flow(self) -> bool:
+    return self.time == "flow"
+
+  @property
+  def plans_in_time(self) -> bool:
+    """Consistency plans are decreasing times (TrigFlow, flow), not EDM sigmas."""
+    return self.time != "sigma"

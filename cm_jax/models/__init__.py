@@ -6,6 +6,10 @@ Networks (config.model.name):
   ncsnpp  NCSN++, the CIFAR-10 network of CM / iCT (attn_resolutions in pixels)
   adm     the ADM UNet of guided-diffusion, ImageNet 64 / LSUN 256 (attn_resolutions in pixels)
 
+`model.time_inputs=2` gives the network two time inputs (c_noise [B, 2], MeanFlow's (t, t - r)),
+each with its own embedding; `model.null_class` adds a 'no class' label (index num_classes) for
+classifier-free guidance training.
+
 `model.dtype` picks the compute dtype (float32 | bfloat16); parameters are float32 either way, so
 the optimizer state and the EMAs are float32, and F is returned as float32.
 """
@@ -41,6 +45,15 @@ def create_model(model_config, data_config) -> nn.Module:
   _check_common(mc, data_config)
   dtype = layers.compute_dtype(str(mc.get("dtype", "float32")))
   num_classes = int(data_config.num_classes) if mc.class_conditional else 0
+  time_inputs = int(mc.get("time_inputs", 1))
+  if time_inputs not in (1, 2):
+    raise UserError(f"model.time_inputs must be 1 (a noise level or time) or 2 (MeanFlow's "
+                    f"(t, t - r)), got {time_inputs}.")
+  if mc.get("null_class", False):
+    if not num_classes:
+      raise UserError("model.null_class=True adds a 'no class' label for classifier-free "
+                      "guidance: it needs model.class_conditional=True on labelled data.")
+    num_classes += 1  # label num_classes = no class
   remat = layers.check_remat(str(mc.get("remat", "none")))
   out_channels = int(data_config.channels)
   if mc.name == "tiny":
@@ -52,13 +65,14 @@ def create_model(model_config, data_config) -> nn.Module:
         channel_mult=tuple(mc.channel_mult), num_res_blocks=int(mc.num_res_blocks),
         patch_size=int(mc.patch_size), attn_resolutions=tuple(mc.attn_resolutions),
         dropout=float(mc.dropout), fourier_scale=float(mc.fourier_scale),
-        emb_dim=int(mc.emb_dim), num_classes=num_classes,
+        emb_dim=int(mc.emb_dim), num_classes=num_classes, time_inputs=time_inputs,
         dtype=None if dtype == jnp.float32 else dtype)
   common = dict(out_channels=out_channels, channels=int(mc.channels),
                 channel_mult=tuple(int(m) for m in mc.channel_mult),
                 num_res_blocks=int(mc.num_res_blocks),
                 attn_resolutions=tuple(int(r) for r in mc.attn_resolutions),
-                dropout=float(mc.dropout), num_classes=num_classes, dtype=dtype, remat=remat)
+                dropout=float(mc.dropout), num_classes=num_classes, time_inputs=time_inputs,
+                dtype=dtype, remat=remat)
   size = int(data_config.resolution)
   ncsnpp.check_resolutions(mc.name, (size, size), len(common["channel_mult"]),
                            common["attn_resolutions"])
@@ -82,7 +96,9 @@ def sample_shape(data_config) -> tuple[int, int, int]:
 def init_params(module: nn.Module, rng, data_config):
   x = jnp.zeros((1,) + sample_shape(data_config), jnp.float32)
   labels = jnp.zeros((1,), jnp.int32)
-  return module.init({"params": rng}, x, jnp.zeros((1,)), labels, train=False)["params"]
+  k = int(getattr(module, "time_inputs", 1))
+  noise = jnp.zeros((1,) if k == 1 else (1, k))
+  return module.init({"params": rng}, x, noise, labels, train=False)["params"]
 
 
 def num_params(params) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -132,6 +132,23 @@ def conv(features: int, kernel: int = 3, *, dtype, init_scale: float = 1.0, stri
 def dense(features: int, *, dtype, init_scale: float = 1.0, name=None) -> nn.Dense:
   return nn.Dense(features, kernel_init=fan_avg_uniform(init_scale), dtype=dtype,
                   param_dtype=jnp.float32, name=name)
+
+
+def embed_times(noise, time_inputs: int, embed: Callable[[jnp.ndarray], jnp.ndarray]):
+  """c_noise [B] (one time input) or [B, k] (k inputs: MeanFlow's (t, t - r)) -> features.
+
+  Each input gets its own embedding (`embed` builds a new submodule per call) and the features
+  sit side by side, so the time MLP's first layer is a sum of one linear map per input. One
+  input keeps the parameter names of every network trained before two existed.
+  """
+  if time_inputs == 1:
+    if noise.ndim != 1:
+      raise ValueError(f"This network takes one time input per sample ([B]), got {noise.shape}.")
+    return embed(noise)
+  if noise.ndim != 2 or noise.shape[1] != time_inputs:
+    raise ValueError(f"This network takes {time_inputs} time inputs per sample "
+                     f"([B, {time_inputs}]), got {noise.shape}.")
+  return jnp.concatenate([embed(noise[:, i]) for i in range(time_inputs)], axis=-1)
 
 
 def time_mlp(features, width: int, num_classes: int, labels, dtype):

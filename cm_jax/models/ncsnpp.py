@@ -73,6 +73,7 @@ class NCSNpp(nn.Module):
   dropout: float = 0.0
   fourier_scale: float = 16.0              # CM 16; iCT 0.02
   num_classes: int = 0                     # > 0: a label embedding is added to the time embedding
+  time_inputs: int = 1                     # 2: noise [B, 2] (MeanFlow's t, t - r)
   dtype: jnp.dtype = jnp.float32           # compute dtype; parameters are float32
   remat: str = "none"                      # none | dots | full (layers.rematerialised)
 
@@ -85,7 +86,8 @@ class NCSNpp(nn.Module):
     check_resolutions("ncsnpp", x.shape[1:3], len(self.channel_mult), self.attn_resolutions)
     nf, dt = self.channels, self.dtype
     num_levels = len(self.channel_mult)
-    emb = FourierEmbedding(nf, self.fourier_scale)(noise)                 # [B, 2 nf]
+    fourier = lambda n: FourierEmbedding(nf, self.fourier_scale)(n)       # [B, 2 nf] each
+    emb = layers.embed_times(noise, self.time_inputs, fourier)
     emb = layers.time_mlp(emb, 4 * nf, self.num_classes, labels, dt)
     block_cls = layers.rematerialised(BigGANResBlock, self.remat, (3,))   # train is static
     attn_cls = layers.rematerialised(layers.MultiHeadAttention, self.remat)

@@ -25,16 +25,18 @@ class TinyUNet(nn.Module):
   fourier_scale: float = 16.0
   emb_dim: int = 256
   num_classes: int = 0   # > 0: class-conditional through a learned label embedding
+  time_inputs: int = 1   # 2: noise is [B, 2] (MeanFlow's t and t - r), each embedded apart
   dtype: Any = None      # compute dtype (None = float32); parameters are always float32
 
   @nn.compact
   def __call__(self, x, noise, labels: Optional[jnp.ndarray] = None, train: bool = False):
-    """x: [B, H, W, C] (already scaled by c_in); noise: [B] c_noise; labels: [B] int or None."""
+    """x: [B, H, W, C] (already scaled by c_in); noise: [B] c_noise ([B, 2] with two time inputs); labels: [B] int or None."""
     b, height, width, _ = x.shape
     p = self.patch_size
     if height % p or width % p:
       raise UserError(f"Image size {height}x{width} is not divisible by patch_size {p}.")
-    emb = layers.GaussianFourierEmbedding(self.emb_dim, self.fourier_scale)(noise)
+    fourier = lambda n: layers.GaussianFourierEmbedding(self.emb_dim, self.fourier_scale)(n)
+    emb = layers.embed_times(noise, self.time_inputs, fourier)
     dt = self.dtype
     emb = nn.Dense(self.emb_dim)(emb)
     emb = nn.Dense(self.emb_dim)(nn.swish(emb))

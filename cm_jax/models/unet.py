@@ -99,6 +99,7 @@ class ADMUNet(nn.Module):
   resblock_updown: bool = True
   dropout: float = 0.0
   num_classes: int = 0
+  time_inputs: int = 1          # 2: noise [B, 2] (MeanFlow's t, t - r)
   time_scale: float = 1000.0    # the release feeds 1000 * 0.25 ln sigma
   dtype: jnp.dtype = jnp.float32
   remat: str = "none"           # none | dots | full (layers.rematerialised)
@@ -111,7 +112,8 @@ class ADMUNet(nn.Module):
     """
     check_resolutions("adm", x.shape[1:3], len(self.channel_mult), self.attn_resolutions)
     mc, dt = self.channels, self.dtype
-    emb = layers.time_mlp(timestep_embedding(self.time_scale * noise, mc), 4 * mc,
+    sinusoid = lambda n: timestep_embedding(self.time_scale * n, mc)
+    emb = layers.time_mlp(layers.embed_times(noise, self.time_inputs, sinusoid), 4 * mc,
                           self.num_classes, labels, dt)
     block_cls = layers.rematerialised(ADMResBlock, self.remat, (3,))   # train is static
     attn_cls = layers.rematerialised(layers.MultiHeadAttention, self.remat)

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from cm_jax import karras, methods, models, parallel, sampling, trigflow
+from cm_jax import flow, karras, methods, models, parallel, sampling, trigflow
 from cm_jax.errors import UserError
 from cm_jax.train import state as state_lib
 
@@ -97,7 +97,10 @@ class Experiment:
     return out.astype(np.int32)
 
   def consistency_fn(self, params, labels=None) -> sampling.ConsistencyFn:
-    """f(x, sigma) in eval mode (no dropout) with parameters and labels bound."""
+    """f(x, sigma) in eval mode (no dropout) with parameters and labels bound. A MeanFlow model's
+    is its average-velocity map in EDM's levels (flow.sigma_consistency)."""
+    if self.is_flow:
+      return flow.sigma_consistency(self.average_velocity_fn(params, labels))
     if self.is_trigflow:
       raise UserError(f"A method={self.config.method} model lives in TrigFlow time t in "
                       "[0, pi/2], not sigma: sample it with `Experiment.generate` (times), or "
@@ -119,6 +122,21 @@ class Experiment:
     are decreasing times (pi/2 first), ODE plans run trigflow.ode_sample."""
     return methods.spec(self.config.method).is_trigflow
 
+  @property
+  def is_flow(self) -> bool:
+    """MeanFlow: the average velocity u(z, r, t) on the flow path, t in [0, 1] (cm_jax/flow.py)."""
+    return methods.spec(self.config.method).is_flow
+
+  @property
+  def plans_in_time(self) -> bool:
+    """Consistency plans are decreasing times (TrigFlow in (0, pi/2], flow in (0, 1])."""
+    return methods.spec(self.config.method).plans_in_time
+
+  def average_velocity_fn(self, params, labels=None) -> flow.AverageVelocityFn:
+    """MeanFlow's (z, r, t) -> u in eval mode, parameters and labels bound."""
+    net = lambda z, noise: self.net(params, z, noise, labels, False, None)
+    return flow.bind(net, float(self.config.meanflow.time_scale))
+
   def velocity_fn(self, params, labels=None) -> trigflow.VelocityFn:
     """TrigFlow's (x_t, t) -> F(x_t / sd, c_noise(t)) in eval mode, parameters and labels bound."""
     net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
@@ -135,12 +153,15 @@ class Experiment:
     """What a preview samples: 1 step from sigma_max, or the config's ODE solver for EDM."""
     if self.is_denoiser:
       return sampling.EDMPlan.from_config(self.config.sample)
+    if self.is_flow:
+      return [1.0]
     return [trigflow.HALF_PI] if self.is_trigflow else [self.levels.sigma_max]
 
   def sampler(self, plan, clip: bool = True):
     """jitted (params, key, indices [B], labels [B] | None) -> images [B, H, W, C] in [-1, 1].
 
-    plan: decreasing sigmas for a consistency model (times in (0, pi/2] for sCT / sCD), a
+    plan: decreasing sigmas for a consistency model (times in (0, pi/2] for sCT / sCD, in (0, 1]
+    for MeanFlow), a
     `sampling.EDMPlan` for a denoiser (EDM or TrigFlow).
     Sharded over the batch axis. One compiled sampler per (plan, clip), kept for the life of
     the experiment (labels or none: one trace each).
@@ -151,8 +172,8 @@ class Experiment:
           + ("an ODE solver (sampling.EDMPlan: --edm_levels, --edm_solver), not consistency "
              "levels." if self.is_denoiser else "consistency levels (sigmas), not an ODE solver."))
     if not self.is_denoiser:
-      check = trigflow.check_times if self.is_trigflow else (
-          lambda p: sampling.check_sigmas(p, self.levels))
+      check = (flow.check_times if self.is_flow else trigflow.check_times if self.is_trigflow
+               else lambda p: sampling.check_sigmas(p, self.levels))
       plan = tuple(float(s) for s in check(plan))
     if (plan, clip) not in self._samplers:
       self._samplers[(plan, clip)] = self._build_sampler(plan, clip)
@@ -160,6 +181,9 @@ class Experiment:
 
   def _build_sampler(self, plan, clip: bool):
     def run(params, key, indices, labels=None):
+      if self.is_flow:
+        return flow.multistep_sample(self.average_velocity_fn(params, labels), key, indices,
+                                     self.sample_shape, plan, clip=clip)
       if self.is_trigflow:
         velocity, sd = self.velocity_fn(params, labels), self.levels.sigma_data
         if self.is_denoiser:

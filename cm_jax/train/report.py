@@ -47,7 +47,7 @@ def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict
     samples[name] = exp.generate(params, plan, n, seed=seed)
     report = digit_features.quality_report(net, samples[name], reference["image"],
                                            heldout["image"][:n_heldout])
-    results[name] = {**plans.describe_plan(plan, exp.is_trigflow), **report}
+    results[name] = {**plans.describe_plan(plan, exp.plans_in_time), **report}
   return results, samples
 
 
