@@ -248,7 +248,8 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
 
   sample_img_per_s, sample_compile_s = None, None
   if sample_repeats > 0:
-    run = exp.sampler([exp.levels.sigma_max]) if not exp.is_denoiser else None
+    # 1 step from the top of the model's own time (sigma_max, TrigFlow's pi/2, MeanFlow's 1)
+    run = exp.sampler(exp.default_plan()) if not exp.is_denoiser else None
     if run is None:
       notes.append("edm: a denoiser has no 1-step sampler; sample_img_per_s times Euler "
                    "over 2 levels (2 network evaluations) instead")

@@ -144,17 +144,10 @@ def run_batched(exp: Experiment, fn: Callable, params, rows: Sequence[Optional[n
   Rows are independent (per-sample noise), so padding the last batch with copies of the last
   row and trimming changes nothing. Returns float32 [N, ...].
   """
-  n = len(rows[0])
-  devices = exp.mesh.devices.size
-  size = -(-max(1, min(batch_size, n)) // devices) * devices
-  total = -(-n // size) * size
-  pad = lambda a: None if a is None else np.concatenate([a, np.repeat(a[-1:], total - n, 0)])
-  rows = [pad(np.asarray(r)) if r is not None else None for r in rows]
+  size = parallel.round_up(max(1, min(batch_size, len(rows[0]))), exp.mesh.devices.size)
   repl, data = parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)
   run = jax.jit(fn, in_shardings=(repl,) + (data,) * len(rows), out_shardings=data)
-  out = [jax.device_get(run(params, *[None if r is None else r[s:s + size] for r in rows]))
-         for s in range(0, total, size)]
-  return np.concatenate(out)[:n]
+  return parallel.map_in_batches(lambda *batch: run(params, *batch), rows, size)
 
 
 # ---- tasks: each returns (edited [M, H, W, C] float, the grid's columns, their count) ---------

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, defaults, files, sampling
+from cm_jax import checkpoint, cli, defaults, files, methods, sampling
 from cm_jax.data import pipeline
 from cm_jax.errors import UserError
 from cm_jax.evaluation import digit_features, fid, inception, plans, two_step
@@ -251,6 +251,8 @@ def format_table(rows: list[dict]) -> str:
 
 def evaluate_workdir(workdir: str) -> list[dict]:
   config = restore.workdir_config(workdir)
+  if _SEARCH.value:
+    check_searchable(config)
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     available = ckpt.all_steps()
@@ -283,14 +285,19 @@ def evaluate_workdir(workdir: str) -> list[dict]:
   return rows
 
 
+def check_searchable(config) -> None:
+  """--search_ts searches a level in sigma: consistency models in sigma only."""
+  spec = methods.spec(config.method)
+  if spec.is_denoiser or spec.plans_in_time:
+    raise UserError("--search_ts searches the sigma of a 2-step consistency model (SPEC §8); "
+                    f"this workdir holds method={config.method}"
+                    + (", sampled at times: sweep its 2-step time with "
+                       "launch/two_step_sweep.py and set it in the config (two_step_t)."
+                       if spec.plans_in_time and not spec.is_denoiser else "."))
+
+
 def search_two_step(exp, params, step, net, ref, eval_dir, workdir) -> list[dict]:
   """Ternary search of the middle index t of ts = (0, t, grid-1) on FID (SPEC §8)."""
-  if exp.is_denoiser or exp.plans_in_time:
-    raise UserError("--search_ts searches the sigma of a 2-step consistency model (SPEC §8); "
-                    f"this workdir holds method={exp.config.method}"
-                    + (", sampled at times: sweep its 2-step time with "
-                       "launch/two_step_sweep.py or --config.*.two_step_t." if exp.plans_in_time
-                       else "."))
   grid = _TS_GRID.value
   if grid < 3:
     raise UserError(f"--ts_grid must be at least 3, got {grid}.")

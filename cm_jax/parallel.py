@@ -208,3 +208,41 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """This process's rows -> global arrays sharded over the data axis."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def map_in_batches(fn, rows, batch_size: int, to_host=jax.device_get):
+  """fn(*batch) over independent rows in batches of exactly `batch_size`, outputs concatenated.
+
+  rows: arrays with the same number N of rows (a None passes through as None). The last batch is
+  padded with copies of the last row and its outputs trimmed, so fn runs at one shape (one
+  compile; a batch size divisible by the device count splits over every device). fn returns an
+  array or a tuple of arrays; each comes back through `to_host` batch by batch, so a caller can
+  shrink it on the host at once (uint8 samples). The one batching loop of sampling, editing and
+  the feature networks.
+  """
+  n = len(next(r for r in rows if r is not None))
+  if n == 0 or batch_size < 1:
+    raise ValueError(f"map_in_batches needs rows and a positive batch size, got {n} rows and "
+                     f"batch size {batch_size}.")
+  outs = []
+  for start in range(0, n, batch_size):
+    count = min(batch_size, n - start)
+    batch = []
+    for r in rows:
+      if r is None:
+        batch.append(None)
+        continue
+      part = np.asarray(r[start:start + batch_size])
+      if count < batch_size:
+        part = np.concatenate([part, np.repeat(part[-1:], batch_size - count, axis=0)])
+      batch.append(part)
+    out = fn(*batch)
+    outs.append(tuple(np.asarray(to_host(o))[:count] for o in out) if isinstance(out, tuple)
+                else np.asarray(to_host(out))[:count])
+  if isinstance(outs[0], tuple):
+    return tuple(np.concatenate(parts) for parts in zip(*outs))
+  return np.concatenate(outs)

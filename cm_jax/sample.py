@@ -68,13 +68,7 @@ def resolve_sigmas(levels: karras.NoiseLevels, steps, sigmas, ts, ts_grid, two_s
   elif sigmas:
     out = np.asarray(numbers(sigmas, "--sigmas", float))
   else:
-    steps = steps or 1
-    if steps == 1:
-      out = np.asarray([levels.sigma_max])
-    elif steps == 2:
-      out = np.asarray([levels.sigma_max, two_step_sigma])
-    else:
-      out = karras.karras_sigmas(steps + 1, levels)[::-1][:steps]
+    out = plans.sigma_plan(levels, steps or 1, two_step_sigma)
   if steps is not None and len(out) != steps:
     raise UserError(f"--steps={steps} but {len(out)} levels were given: {list(out)}.")
   return [float(s) for s in out]

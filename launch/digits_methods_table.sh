@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's methods table on the digits default: CT, iCT, ECT, CD, sCT and sCD with equal
+# The README's methods table on the digits default: CT, iCT, ECT, CD, sCT, sCD and MeanFlow with equal
 # budgets, scored by the project's digit-feature Frechet distance at 1 and 2 steps, beside the two
 # teachers (EDM for CD and ECT, TrigFlow for sCD) sampled by Heun over 18 levels (35 evaluations).
 #
@@ -9,7 +9,7 @@
 # 2000): CD and sCD query theirs in every step; ECT and sCD start from their teacher's weights,
 # CD from the EDM's. Per step, the methods cost different numbers of network evaluations (CT /
 # iCT / ECT: 1 forward + 1 forward-backward; CD: + 2 teacher evaluations (Heun); sCT: + 1 jvp;
-# sCD: + 1 teacher + 1 jvp). ECT is also scored at steps 500, 1000 and 1500 (its checkpoints),
+# sCD: + 1 teacher + 1 jvp; MeanFlow: 1 jvp + 1 forward-backward). ECT is also scored at steps 500, 1000 and 1500 (its checkpoints),
 # to show how soon it gets there.
 #
 #   bash launch/digits_methods_table.sh [extra --config.a.b=v overrides for every run]
@@ -39,7 +39,8 @@ train cd --config.teacher=runs/digits_edm "$@"
 train ect --config.teacher=runs/digits_edm "$@"
 train sct "$@"
 train scd --config.teacher=runs/digits_trigflow "$@"
+train meanflow "$@"
 
 python -m cm_jax.train.report runs/digits_ct runs/digits_ict runs/digits_ect@500 \
   runs/digits_ect@1000 runs/digits_ect@1500 runs/digits_ect runs/digits_cd runs/digits_sct \
-  runs/digits_scd runs/digits_edm runs/digits_trigflow
+  runs/digits_scd runs/digits_meanflow runs/digits_edm runs/digits_trigflow

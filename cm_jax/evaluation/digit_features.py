@@ -21,10 +21,9 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from cm_jax import files
 import optax
 
+from cm_jax import files, parallel
 from cm_jax.errors import UserError
 from cm_jax.evaluation.frechet import frechet_distance, stats_from_features
 
@@ -91,18 +90,11 @@ class DigitFeatureNet:
   def _run(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(logits [N, K], features [N, D]); the last batch is padded so nothing retraces."""
     x = to_model_input(images, self.resolution)
-    logits, feats = [], []
-    for start in range(0, x.shape[0], batch_size):
-      chunk = x[start:start + batch_size]
-      n = chunk.shape[0]
-      if n < batch_size:
-        chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-      out_logits, out_feats = self._apply(self.params, chunk)
-      logits.append(np.asarray(out_logits)[:n])
-      feats.append(np.asarray(out_feats)[:n])
-    if not logits:
+    if not x.shape[0]:
       return np.zeros((0, self.num_classes)), np.zeros((0, self.module.feature_dim))
-    return np.concatenate(logits).astype(np.float64), np.concatenate(feats).astype(np.float64)
+    logits, feats = parallel.map_in_batches(lambda chunk: self._apply(self.params, chunk), [x],
+                                            batch_size)
+    return logits.astype(np.float64), feats.astype(np.float64)
 
   def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Penultimate-layer features [N, D], float64."""

@@ -58,19 +58,11 @@ class InceptionNet(FeatureNet):
 
   def __call__(self, images):
     images = check_images(images, self.channels)
-    feats, logits = [], []
-    for start in range(0, len(images), self.batch_size):
-      chunk = images[start:start + self.batch_size]
-      n = len(chunk)
-      if n < self.batch_size:
-        chunk = np.concatenate([chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:],
-                                                chunk.dtype)])
-      f, l = self._net(self.params, self._pre(chunk))
-      feats.append(np.asarray(jax.device_get(f), np.float64)[:n])
-      logits.append(np.asarray(jax.device_get(l), np.float64)[:n])
-    if not feats:
+    if not len(images):
       return np.zeros((0, self.dim)), np.zeros((0, inception.NUM_LOGITS))
-    return np.concatenate(feats), np.concatenate(logits)
+    return parallel.map_in_batches(lambda chunk: self._net(self.params, self._pre(chunk)),
+                                   [images], self.batch_size,
+                                   to_host=lambda a: np.asarray(jax.device_get(a), np.float64))
 
 
 def load_inception_net(weights: Optional[str], batch_size: int = 64) -> InceptionNet:

@@ -17,6 +17,17 @@ def two_step_sigma(config, workdir: Optional[str]) -> float:
           else float(config.sample.two_step_sigma))
 
 
+def sigma_plan(levels: karras.NoiseLevels, k: int, two_step_sigma: Optional[float]
+               ) -> list[float]:
+  """k steps of a consistency model in sigma: [sigma_max]; [sigma_max, two_step_sigma]; k > 2:
+  the first k of a descending Karras grid of k + 1 levels."""
+  if k == 1:
+    return [levels.sigma_max]
+  if k == 2:
+    return [levels.sigma_max, float(two_step_sigma)]
+  return [float(x) for x in karras.karras_sigmas(k + 1, levels)[::-1][:k]]
+
+
 def time_plan(config, k: int) -> list[float]:
   """k steps of a consistency model in time. TrigFlow (sCT, sCD): pi/2, then scm.two_step_t
   (k <= 2). MeanFlow: 1, then meanflow.two_step_t at k = 2; k > 2 steps of equal length."""
@@ -32,8 +43,8 @@ def step_plans(config, levels: karras.NoiseLevels, steps: Sequence[str | int],
                workdir: Optional[str] = None) -> dict:
   """{"k-step": plan} for each k of `steps` ({solver name: EDMPlan} for a denoiser).
 
-  k = 1: [sigma_max]; 2: [sigma_max, the 2-step level]; k > 2: the first k of a Karras grid of
-  k + 1 levels. Consistency models in time (sCT, sCD, MeanFlow): `time_plan`.
+  Consistency models in sigma: `sigma_plan` with the 2-step level; in time (sCT, sCD, MeanFlow):
+  `time_plan`.
   """
   spec = methods.spec(config.method)
   if spec.is_denoiser:
@@ -46,12 +57,9 @@ def step_plans(config, levels: karras.NoiseLevels, steps: Sequence[str | int],
     k = int(s)
     if spec.plans_in_time:
       out[f"{k}-step"] = time_plan(config, k)
-    elif k == 1:
-      out["1-step"] = [levels.sigma_max]
-    elif k == 2:
-      out["2-step"] = [levels.sigma_max, two_step_sigma(config, workdir)]
     else:
-      out[f"{k}-step"] = [float(x) for x in karras.karras_sigmas(k + 1, levels)[::-1][:k]]
+      level = two_step_sigma(config, workdir) if k == 2 else None
+      out[f"{k}-step"] = sigma_plan(levels, k, level)
   return out
 
 

@@ -211,30 +211,18 @@ class Experiment:
     """
     run = self.sampler(plan, clip=bool(self.config.sample.clip))
     labels = self.resolve_labels(labels, num_samples, seed, first_index)
-    devices = self.mesh.devices.size
-    round_up = lambda n: -(-n // devices) * devices
-    # Every call has the same (device-divisible) size, so the sampler compiles once; the last
-    # batch is padded with the indices that follow and trimmed.
-    batch_size = round_up(max(1, min(batch_size, num_samples)))
-    if labels is not None:  # [num_samples] -> padded to whole batches (the padding is trimmed)
-      labels = np.pad(labels, (0, -num_samples % batch_size))
-    key = jax.random.PRNGKey(seed)
+    # One (device-divisible) batch size, so the sampler compiles once.
+    size = parallel.round_up(max(1, min(batch_size, num_samples)), self.mesh.devices.size)
     # Several processes: inputs become global arrays (jit takes no host arrays for a mesh that
     # spans processes), and FSDP-split weights are gathered once for the whole loop.
     params = self._replicate(params)
     data = parallel.batch_sharding(self.mesh)
-    key = parallel.to_global(np.asarray(key), parallel.replicated(self.mesh))
-    out = []
-    for start in range(0, num_samples, batch_size):
-      count = min(batch_size, num_samples - start)
-      idx = np.arange(first_index + start, first_index + start + batch_size, dtype=np.int32)
-      batch_labels = None if labels is None else labels[start:start + batch_size]
-      idx = parallel.to_global(idx, data)
-      if batch_labels is not None:
-        batch_labels = parallel.to_global(batch_labels, data)
-      images = run(params, key, idx, batch_labels)
-      out.append(sampling.to_uint8(jax.device_get(images))[:count])
-    return np.concatenate(out, axis=0)
+    key = parallel.to_global(np.asarray(jax.random.PRNGKey(seed)), parallel.replicated(self.mesh))
+    glob = lambda a: None if a is None else parallel.to_global(a, data)
+    idx = np.arange(first_index, first_index + num_samples, dtype=np.int32)
+    return parallel.map_in_batches(
+        lambda i, lab: run(params, key, glob(i), glob(lab)), [idx, labels], size,
+        to_host=lambda images: sampling.to_uint8(jax.device_get(images)))
 
   def _replicate(self, params):
     """Global arrays with another sharding (FSDP) -> replicated on this mesh; host arrays stay."""
