@@ -42,9 +42,9 @@ class Model:
     return self.experiment.num_classes
 
   def plan(self, steps: Optional[int] = None, sigmas: Optional[Sequence[float]] = None):
-    """The sampling plan: explicit `sigmas` (TrigFlow and MeanFlow models: times), else `steps` through the
-    same resolver as the report and `cm_jax.evaluate` (2 steps: the searched level if any); a
-    denoiser takes its configured ODE solver."""
+    """The sampling plan: explicit `sigmas` (TrigFlow and MeanFlow models: times), else `steps`
+    through the same resolver as the report and `cm_jax.evaluate` (2 steps: the searched level
+    if any); a denoiser takes its configured ODE solver."""
     if sigmas is not None:
       if steps is not None:
         raise UserError("Give steps or sigmas, not both.")

@@ -278,7 +278,8 @@ def evaluate_workdir(workdir: str) -> list[dict]:
       rows += search_two_step(exp, params, step, net, ref, eval_dir, workdir)
       continue
     for name, plan in plans_for(exp, workdir, _STEPS.value).items():
-      print(f"Checkpoint {step}, {name} {plans.describe_plan(plan, exp.plans_in_time)}: {_NUM.value} samples")
+      how = plans.describe_plan(plan, exp.plans_in_time)
+      print(f"Checkpoint {step}, {name} {how}: {_NUM.value} samples")
       rows.append(evaluate_plan(exp, params, step, plan, net, ref, eval_dir, _NUM.value))
   print(format_table(rows))
   print(f"Results appended to {os.path.join(eval_dir, 'results.jsonl')}")

@@ -30,7 +30,8 @@ class TinyUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, noise, labels: Optional[jnp.ndarray] = None, train: bool = False):
-    """x: [B, H, W, C] (already scaled by c_in); noise: [B] c_noise ([B, 2] with two time inputs); labels: [B] int or None."""
+    """x: [B, H, W, C] (already scaled by c_in); noise: [B] c_noise ([B, 2] with two time
+    inputs); labels: [B] int or None."""
     b, height, width, _ = x.shape
     p = self.patch_size
     if height % p or width % p:
