@@ -9,8 +9,8 @@
 # 2000): CD and sCD query theirs in every step; ECT and sCD start from their teacher's weights,
 # CD from the EDM's. Per step, the methods cost different numbers of network evaluations (CT /
 # iCT / ECT: 1 forward + 1 forward-backward; CD: + 2 teacher evaluations (Heun); sCT: + 1 jvp;
-# sCD: + 1 teacher + 1 jvp; MeanFlow: 1 jvp + 1 forward-backward). ECT is also scored at steps 500, 1000 and 1500 (its checkpoints),
-# to show how soon it gets there.
+# sCD: + 1 teacher + 1 jvp; MeanFlow: 1 jvp + 1 forward-backward). ECT is also scored at steps
+# 500, 1000 and 1500 (its checkpoints), to show how soon it gets there.
 #
 #   bash launch/digits_methods_table.sh [extra --config.a.b=v overrides for every run]
 # A finished workdir is reused (training it again is a no-op resume; its scores are cached), so
