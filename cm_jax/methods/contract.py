@@ -32,6 +32,24 @@ class Method(Protocol):
     """Trained parameters besides the network's (sCM's weighting head), merged in at init."""
 
 
+class NoTargetNetwork:
+  """The Method pieces of a method with no target network, no curriculum to log and no
+  parameters besides the network's (EDM, TrigFlow, MeanFlow); a method overrides what it has."""
+  has_target_network = False
+
+  def update_target(self, target_params, params, step):
+    del params, step
+    return target_params
+
+  def schedule(self, step) -> dict[str, float]:
+    del step
+    return {}
+
+  def extra_params(self, rng) -> dict:
+    del rng
+    return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
   name: str

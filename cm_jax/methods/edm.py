@@ -14,16 +14,16 @@ import jax.numpy as jnp
 from cm_jax import distances, karras
 from cm_jax.errors import UserError
 from cm_jax.methods import consistency
+from cm_jax.methods.contract import NoTargetNetwork
 
 
 @dataclasses.dataclass(frozen=True)
-class EDMTraining:
+class EDMTraining(NoTargetNetwork):
   net: consistency.Net
   levels: karras.NoiseLevels
   p_mean: float = -1.2
   p_std: float = 1.2
 
-  has_target_network = False
   uses_teacher = False
 
   def denoise(self, params, x, sigma, labels, train: bool, rng):
@@ -42,18 +42,6 @@ class EDMTraining:
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
     mse = distances.l2(denoised, x)  # [B], mean over elements
     return jnp.mean(weight * mse), {"mse": jnp.mean(mse)}
-
-  def extra_params(self, rng) -> dict:
-    del rng
-    return {}
-
-  def update_target(self, target_params, params, step):
-    del params, step
-    return target_params
-
-  def schedule(self, step) -> dict[str, float]:
-    del step
-    return {}
 
 
 def create(config, net: consistency.Net, sample_shape) -> EDMTraining:

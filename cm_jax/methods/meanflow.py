@@ -29,10 +29,11 @@ import jax.numpy as jnp
 from cm_jax import flow, karras
 from cm_jax.errors import UserError
 from cm_jax.methods import consistency
+from cm_jax.methods.contract import NoTargetNetwork
 
 
 @dataclasses.dataclass(frozen=True)
-class MeanFlow:
+class MeanFlow(NoTargetNetwork):
   net: consistency.Net
   p_mean: float = -0.4
   p_std: float = 1.0
@@ -45,7 +46,6 @@ class MeanFlow:
   class_dropout: float = 0.0
   num_classes: int = 0  # the data's; the 'no class' label is this index
 
-  has_target_network = False
   uses_teacher = False
 
   @property
@@ -110,18 +110,6 @@ class MeanFlow:
     weight = jax.lax.stop_gradient(1.0 / jnp.power(sq + self.norm_c, self.norm_p))
     return jnp.mean(weight * sq), {"mse": jnp.mean(sq) / delta.shape[1],
                                    "r_neq_t": jnp.mean((r < t).astype(jnp.float32))}
-
-  def update_target(self, target_params, params, step):
-    del params, step
-    return target_params
-
-  def schedule(self, step) -> dict[str, float]:
-    del step
-    return {}
-
-  def extra_params(self, rng) -> dict:
-    del rng
-    return {}
 
 
 def create(config, net: consistency.Net, sample_shape) -> MeanFlow:

@@ -31,6 +31,7 @@ import numpy as np
 from cm_jax import karras, trigflow
 from cm_jax.errors import UserError
 from cm_jax.methods import consistency
+from cm_jax.methods.contract import NoTargetNetwork
 
 HEAD = "adaptive_weight"  # the params entry of the weighting head
 
@@ -59,7 +60,7 @@ class WeightHead:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrigFlowBase:
+class TrigFlowBase(NoTargetNetwork):
   """What the three methods share: the network in TrigFlow time, t sampling, the weighting."""
   net: consistency.Net
   sigma_data: float = 0.5
@@ -67,8 +68,6 @@ class TrigFlowBase:
   p_mean: float = -1.0
   p_std: float = 1.4
   head: Optional[WeightHead] = WeightHead()
-
-  has_target_network = False
 
   def velocity(self, params, x_t, t, labels, train: bool, rng):
     """F(x_t / sd, time_scale t) [B, H, W, C]; t [B]."""
@@ -95,10 +94,6 @@ class TrigFlowBase:
     w = self.head(params[HEAD], t)
     return jnp.mean(jnp.exp(w) * mse - w), {"weight_mean": jnp.mean(w)}
 
-  def update_target(self, target_params, params, step):
-    del params, step
-    return target_params
-
 
 def _mse(a, b):
   """||a - b||^2 / D per sample: [B]."""
@@ -120,10 +115,6 @@ class TrigFlowDiffusion(TrigFlowBase):
     mse = _mse(self.velocity(params, x_t, t, labels, True, rng_dropout), target)
     loss, aux = self.weighted(params, t, mse)
     return loss, {"mse": jnp.mean(mse), **aux}
-
-  def schedule(self, step) -> dict[str, float]:
-    del step
-    return {}
 
 
 @dataclasses.dataclass(frozen=True)
