@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm_jax import karras, sampling
-from cm_jax.errors import UserError
 
 AverageVelocityFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -53,14 +52,7 @@ def sigma_consistency(u: AverageVelocityFn) -> sampling.ConsistencyFn:
 
 def check_times(times: Sequence[float]) -> np.ndarray:
   """Sampling times must decrease strictly and lie in (0, 1]; the trajectory ends at t = 0."""
-  t = np.asarray(times, np.float64).reshape(-1)
-  if t.size == 0:
-    raise UserError("Give at least one sampling time.")
-  if np.any(t <= 0) or np.any(t > 1 + 1e-6):
-    raise UserError(f"MeanFlow sampling times must lie in (0, 1], got {t.tolist()}.")
-  if np.any(np.diff(t) >= 0):
-    raise UserError(f"MeanFlow sampling times must decrease strictly, got {t.tolist()}.")
-  return t
+  return sampling.check_times(times, 1.0, "(0, 1]", "MeanFlow")
 
 
 def uniform_times(steps: int) -> list[float]:

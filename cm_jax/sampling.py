@@ -63,6 +63,19 @@ def check_sigmas(sigmas: Sequence[float], levels: karras.NoiseLevels) -> np.ndar
   return s
 
 
+def check_times(times: Sequence[float], upper: float, span: str, model: str) -> np.ndarray:
+  """Consistency sampling times (TrigFlow, MeanFlow) must decrease strictly and lie in
+  (0, upper]; `span` writes that interval in the message, `model` names the time."""
+  t = np.asarray(times, np.float64).reshape(-1)
+  if t.size == 0:
+    raise UserError("Give at least one sampling time.")
+  if np.any(t <= 0) or np.any(t > upper * (1 + 1e-6)):
+    raise UserError(f"{model} sampling times must lie in {span}, got {t.tolist()}.")
+  if np.any(np.diff(t) >= 0):
+    raise UserError(f"{model} sampling times must decrease strictly, got {t.tolist()}.")
+  return t
+
+
 def _levels(s: np.ndarray) -> str:
   return "[" + ", ".join(f"{x:.6g}" for x in s) + "]"
 

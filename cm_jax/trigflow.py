@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm_jax import karras, ode, sampling
-from cm_jax.errors import UserError
 
 HALF_PI = math.pi / 2
 VelocityFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -73,14 +72,7 @@ def ode_sample(velocity: VelocityFn, key, indices, sample_shape, sigmas, solver:
 
 def check_times(times: Sequence[float]) -> np.ndarray:
   """Consistency sampling times must decrease strictly and lie in (0, pi/2]."""
-  t = np.asarray(times, np.float64).reshape(-1)
-  if t.size == 0:
-    raise UserError("Give at least one sampling time.")
-  if np.any(t <= 0) or np.any(t > HALF_PI * (1 + 1e-6)):
-    raise UserError(f"TrigFlow sampling times must lie in (0, pi/2], got {t.tolist()}.")
-  if np.any(np.diff(t) >= 0):
-    raise UserError(f"TrigFlow sampling times must decrease strictly, got {t.tolist()}.")
-  return t
+  return sampling.check_times(times, HALF_PI, "(0, pi/2]", "TrigFlow")
 
 
 def multistep_sample(velocity: VelocityFn, key, indices, sample_shape, times, sigma_data: float,
