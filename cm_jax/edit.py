@@ -144,7 +144,7 @@ def run_batched(exp: Experiment, fn: Callable, params, rows: Sequence[Optional[n
   Rows are independent (per-sample noise), so padding the last batch with copies of the last
   row and trimming changes nothing. Returns float32 [N, ...].
   """
-  size = parallel.round_up(max(1, min(batch_size, len(rows[0]))), exp.mesh.devices.size)
+  size = parallel.device_batch_size(batch_size, len(rows[0]), exp.mesh)
   repl, data = parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)
   run = jax.jit(fn, in_shardings=(repl,) + (data,) * len(rows), out_shardings=data)
   return parallel.map_in_batches(lambda *batch: run(params, *batch), rows, size)

@@ -214,6 +214,12 @@ def round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+def device_batch_size(batch_size: int, num_rows: int, mesh: Mesh) -> int:
+  """The one batch size of a batched loop over `num_rows`: at most `batch_size` (never more than
+  the rows), rounded up to split evenly over every device of the mesh."""
+  return round_up(max(1, min(batch_size, num_rows)), mesh.devices.size)
+
+
 def map_in_batches(fn, rows, batch_size: int, to_host=jax.device_get):
   """fn(*batch) over independent rows in batches of exactly `batch_size`, outputs concatenated.
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import cli, files, flow, images, karras, sampling, trigflow
+from cm_jax import cli, files, images, karras, sampling
 from cm_jax.errors import UserError
 from cm_jax.evaluation import plans, two_step
 from cm_jax import api
@@ -129,8 +129,7 @@ def resolve_times(exp):
          else plans.time_plan(exp.config, steps or 1))
   if steps is not None and len(out) != steps:
     raise UserError(f"--steps={steps} but {len(out)} times were given: {out}.")
-  check = flow.check_times if exp.is_flow else trigflow.check_times
-  return [float(t) for t in check(out)]
+  return exp.check_plan(out)
 
 
 def parse_labels(values):

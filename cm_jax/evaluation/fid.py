@@ -48,8 +48,7 @@ class InceptionNet(FeatureNet):
 
   def __init__(self, params, mesh=None, batch_size: int = 64):
     self.mesh = mesh or parallel.create_mesh()
-    devices = self.mesh.devices.size
-    self.batch_size = -(-batch_size // devices) * devices
+    self.batch_size = parallel.round_up(batch_size, self.mesh.devices.size)
     repl, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
     self.params = jax.device_put(params, repl)
     net = lambda p, x: inception.InceptionV3().apply({"params": p}, x)

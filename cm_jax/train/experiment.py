@@ -96,6 +96,10 @@ class Experiment:
       raise UserError(f"Labels must lie in [0, {self.num_classes - 1}], got {out.tolist()}.")
     return out.astype(np.int32)
 
+  def eval_net(self, params, labels=None) -> Callable:
+    """(x_in, c_noise) -> F: the network in eval mode (no dropout), parameters and labels bound."""
+    return lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
+
   def consistency_fn(self, params, labels=None) -> sampling.ConsistencyFn:
     """f(x, sigma) in eval mode (no dropout) with parameters and labels bound. A MeanFlow model's
     is its average-velocity map in EDM's levels (flow.sigma_consistency)."""
@@ -105,10 +109,8 @@ class Experiment:
       raise UserError(f"A method={self.config.method} model lives in TrigFlow time t in "
                       "[0, pi/2], not sigma: sample it with `Experiment.generate` (times), or "
                       "use `velocity_fn` with cm_jax.trigflow.")
-    def f(x, sigma):
-      net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
-      return karras.consistency_function(net, x, sigma, self.levels)
-    return f
+    net = self.eval_net(params, labels)
+    return lambda x, sigma: karras.consistency_function(net, x, sigma, self.levels)
 
   @property
   def is_denoiser(self) -> bool:
@@ -134,20 +136,17 @@ class Experiment:
 
   def average_velocity_fn(self, params, labels=None) -> flow.AverageVelocityFn:
     """MeanFlow's (z, r, t) -> u in eval mode, parameters and labels bound."""
-    net = lambda z, noise: self.net(params, z, noise, labels, False, None)
-    return flow.bind(net, float(self.config.meanflow.time_scale))
+    return flow.bind(self.eval_net(params, labels), float(self.config.meanflow.time_scale))
 
   def velocity_fn(self, params, labels=None) -> trigflow.VelocityFn:
     """TrigFlow's (x_t, t) -> F(x_t / sd, c_noise(t)) in eval mode, parameters and labels bound."""
-    net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
-    return trigflow.bind(net, self.levels.sigma_data, float(self.config.scm.time_scale))
+    return trigflow.bind(self.eval_net(params, labels), self.levels.sigma_data,
+                         float(self.config.scm.time_scale))
 
   def denoiser_fn(self, params, labels=None) -> Callable:
     """D(x, sigma) in eval mode (no dropout) with parameters and labels bound."""
-    def d(x, sigma):
-      net = lambda x_in, noise: self.net(params, x_in, noise, labels, False, None)
-      return karras.denoiser(net, x, sigma, self.levels)
-    return d
+    net = self.eval_net(params, labels)
+    return lambda x, sigma: karras.denoiser(net, x, sigma, self.levels)
 
   def default_plan(self):
     """What a preview samples: 1 step from sigma_max, or the config's ODE solver for EDM."""
@@ -156,6 +155,12 @@ class Experiment:
     if self.is_flow:
       return [1.0]
     return [trigflow.HALF_PI] if self.is_trigflow else [self.levels.sigma_max]
+
+  def check_plan(self, plan) -> list[float]:
+    """A consistency plan validated in the model's own time: sigmas, TrigFlow or flow times."""
+    check = (flow.check_times if self.is_flow else trigflow.check_times if self.is_trigflow
+             else lambda p: sampling.check_sigmas(p, self.levels))
+    return [float(s) for s in check(plan)]
 
   def sampler(self, plan, clip: bool = True):
     """jitted (params, key, indices [B], labels [B] | None) -> images [B, H, W, C] in [-1, 1].
@@ -172,9 +177,7 @@ class Experiment:
           + ("an ODE solver (sampling.EDMPlan: --edm_levels, --edm_solver), not consistency "
              "levels." if self.is_denoiser else "consistency levels (sigmas), not an ODE solver."))
     if not self.is_denoiser:
-      check = (flow.check_times if self.is_flow else trigflow.check_times if self.is_trigflow
-               else lambda p: sampling.check_sigmas(p, self.levels))
-      plan = tuple(float(s) for s in check(plan))
+      plan = tuple(self.check_plan(plan))
     if (plan, clip) not in self._samplers:
       self._samplers[(plan, clip)] = self._build_sampler(plan, clip)
     return self._samplers[(plan, clip)]
@@ -212,7 +215,7 @@ class Experiment:
     run = self.sampler(plan, clip=bool(self.config.sample.clip))
     labels = self.resolve_labels(labels, num_samples, seed, first_index)
     # One (device-divisible) batch size, so the sampler compiles once.
-    size = parallel.round_up(max(1, min(batch_size, num_samples)), self.mesh.devices.size)
+    size = parallel.device_batch_size(batch_size, num_samples, self.mesh)
     # Several processes: inputs become global arrays (jit takes no host arrays for a mesh that
     # spans processes), and FSDP-split weights are gathered once for the whole loop.
     params = self._replicate(params)
