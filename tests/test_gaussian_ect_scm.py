@@ -137,17 +137,8 @@ def test_jvp_tangent_matches_finite_differences_through_the_unet():
   self-attention) against a central difference along the same direction
   (x_t, t) + h cos(t) sin(t) (dx_t/dt, 1)."""
   from cm_jax import models
-  from configs import digits
-  config = digits.get_config("method=sct,runlocal")
-  config.model.update(dict(channels=8, channel_mult=(1,), attn_resolutions=(),  # mid: attention
-                           class_conditional=False))
-  module = models.create_model(config.model, config.data)
-  params = models.init_params(module, jax.random.PRNGKey(0), config.data)
-  # Perturb the zero-initialised output layer so that F depends on its inputs.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-  params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
-                                     for p, k in zip(leaves, keys)])
+  from tests.helpers.params import attention_unet
+  config, module, params = attention_unet("sct")
   m = scm.create_sct(config, models.make_net(module), SHAPE)
 
   @jax.jit

@@ -17,6 +17,7 @@ from cm_jax.errors import UserError
 from cm_jax.methods import meanflow
 from configs import base, digits
 from tests.helpers.gaussian import S, SHAPE, train
+from tests.helpers.params import attention_unet
 
 
 def sigma_t(var, t):
@@ -138,24 +139,10 @@ def test_guidance_mixes_the_velocities_and_dropped_labels_keep_v():
   assert abs(float(jnp.mean(dropped == 10)) - 0.1) < 0.01
 
 
-def _two_time_unet(attention: bool = True):
-  config = digits.get_config("method=meanflow,runlocal")
-  config.model.update(dict(channels=8, channel_mult=(1,), attn_resolutions=(),
-                           class_conditional=False))  # the middle block has self-attention
-  module = models.create_model(config.model, config.data)
-  params = models.init_params(module, jax.random.PRNGKey(0), config.data)
-  # Perturb the zero-initialised output layer so that u depends on its inputs.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-  params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
-                                     for p, k in zip(leaves, keys)])
-  return config, module, params
-
-
 def test_jvp_total_derivative_matches_finite_differences_through_the_unet():
   """du/dt = v d_z u + d_t u from the method's jvp (tangents (v, 0, 1) on (z, r, t)) against a
   central difference along (z, r, t) + h (v, 0, 1), through a UNet with self-attention."""
-  config, module, params = _two_time_unet()
+  config, module, params = attention_unet("meanflow")
   m = meanflow.create(config, models.make_net(module), (16, 16, 1))
 
   @jax.jit
@@ -180,7 +167,7 @@ def test_jvp_total_derivative_matches_finite_differences_through_the_unet():
 
 def test_each_time_input_has_its_own_embedding():
   """Two time inputs: u changes with t - r alone; one input keeps the old parameter names."""
-  config, module, params = _two_time_unet()
+  config, module, params = attention_unet("meanflow")
   x = jnp.ones((2, 16, 16, 1))
   noise = jnp.asarray([[0.5, 0.0], [0.5, 0.4]])
   out = module.apply({"params": params}, x, noise)
