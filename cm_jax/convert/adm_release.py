@@ -192,14 +192,14 @@ def infer_architecture(state: dict, what: str) -> ADMArchitecture:
   return arch
 
 
-def adm_module(arch: ADMArchitecture, *, num_head_channels: int = 64,
+def adm_module(arch: ADMArchitecture, *, num_head_channels: int = 64, resolution: int = 0,
                dtype=jnp.float32) -> unet.ADMUNet:
-  """cm_jax's ADMUNet of this architecture (attention given at a nominal resolution: the
-  parameters do not depend on the image size)."""
+  """cm_jax's ADMUNet of this architecture for images of `resolution` pixels (0: a nominal
+  size, enough for parameter shapes, which do not depend on the image size)."""
   return unet.ADMUNet(
       out_channels=arch.out_channels, channels=arch.channels, channel_mult=arch.channel_mult,
       num_res_blocks=arch.num_res_blocks,
-      attn_resolutions=arch.attn_resolutions(_nominal_resolution(arch)),
+      attn_resolutions=arch.attn_resolutions(resolution or _nominal_resolution(arch)),
       num_head_channels=num_head_channels, use_scale_shift_norm=arch.use_scale_shift_norm,
       resblock_updown=arch.resblock_updown, num_classes=arch.num_classes, dtype=dtype)
 
