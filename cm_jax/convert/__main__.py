@@ -1,32 +1,37 @@
 """python -m cm_jax.convert inception --src=pt_inception-2015-12-05-6726825d.pth --dst=DIR
 python -m cm_jax.convert lpips --vgg=vgg16-397923af.pth --heads=LPIPS_v0.1_vgg.pth --dst=DIR
+python -m cm_jax.convert openai --src=cd_imagenet64_l2.pt --dst=runs/in64_cd_l2_release
+python -m cm_jax.convert diffusers --src=diffusers-cd_imagenet64_l2 --dst=runs/in64_cd_l2_hf
+python -m cm_jax.convert jcm --src=cd-lpips/checkpoints/checkpoint_80 --kind=cd --dst=runs/c10_cd
 
-The Inception file is pytorch-fid's FID weights (the 2015 TF graph); the VGG16 file is
-torchvision's vgg16 state dict; the heads file is the lpips package's `weights/v0.1/vgg.pth`.
-Every weight of each file is mapped (or, for VGG16's classifier and BatchNorm step counters,
-deliberately dropped) and every parameter of the Flax network is filled; anything else is an error.
+inception / lpips: the evaluator's and the LPIPS distance's weights. The Inception file is
+pytorch-fid's FID weights (the 2015 TF graph); the VGG16 file is torchvision's vgg16 state dict;
+the heads file is the lpips package's `weights/v0.1/vgg.pth`. Every weight of each file is mapped
+(or, for VGG16's classifier and BatchNorm step counters, deliberately dropped) and every parameter
+of the Flax network is filled; anything else is an error.
+
+openai / diffusers / jcm: the released consistency models (and EDM teachers) -> a complete
+workdir (config.json, one finished checkpoint, release.json) that cm_jax.sample, evaluate, edit
+and --config.teacher= use as they use a trained one. The file name gives the family and kind
+(`cd_imagenet64_l2.pt`, `edm_bedroom256_ema.pt`, `edm_cifar10_ema`); --family / --kind supply or
+override them, --config picks another config than the family's dataset file. The network is
+checked tensor by tensor against that config's; nothing is written when anything is wrong.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 
 from cm_jax import cli, files
 from cm_jax import weight_store
-from cm_jax.convert import torch_weights
+from cm_jax.convert import release_workdir, releases, torch_weights
 from cm_jax.errors import UserError
 from cm_jax.evaluation import inception
 from cm_jax.models import lpips
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+_sha256 = release_workdir.sha256
 
 
 def check_destination(dst: str, overwrite: bool) -> None:
@@ -61,6 +66,34 @@ def convert_lpips(vgg: str, heads: str, dst: str) -> dict:
   return report
 
 
+def _add_release_flags(p, family: bool = True) -> None:
+  p.add_argument("--src", required=True)
+  p.add_argument("--dst", required=True, help="a new or empty workdir")
+  if family:
+    p.add_argument("--family", choices=tuple(f for f in release_workdir.FAMILIES if f != "cifar10"),
+                   help="default: from the file name")
+  p.add_argument("--kind", choices=release_workdir.KINDS, help="default: from the file name")
+  p.add_argument("--config", default=None,
+                 help="FILE.py:ARGS of the network and data (default: the family's dataset "
+                      "file, method=KIND, variant=release where it has one)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="the compute dtype sampling from the workdir uses")
+
+
+def _run_release(args) -> int:
+  common = dict(kind=args.kind, config_spec=args.config, dtype=args.dtype)
+  if args.what == "openai":
+    record, lines = releases.import_openai(args.src, args.dst, family=args.family, **common)
+  elif args.what == "diffusers":
+    record, lines = releases.import_diffusers(args.src, args.dst, family=args.family, **common)
+  else:
+    record, lines = releases.import_jcm(args.src, args.dst, weights=args.weights, **common)
+  print("\n".join(lines))
+  print(f"Wrote the workdir {args.dst} (step {record['step']}, method={record['method']}).\n"
+        f"Sample it: python -m cm_jax.sample --workdir={args.dst} --steps=1")
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m cm_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,9 +108,22 @@ def main(argv=None) -> int:
   for p in sub.choices.values():
     p.add_argument("--overwrite", action="store_true",
                    help="replace converted weights already in --dst")
+  _add_release_flags(sub.add_parser(
+      "openai", help="a .pt file of the OpenAI PyTorch release (ADM UNet) -> a workdir"))
+  _add_release_flags(sub.add_parser(
+      "diffusers", help="a downloaded openai/diffusers-* folder (UNet2DModel) -> a workdir"))
+  p = sub.add_parser("jcm", help="a checkpoint_N / edm_cifar10_ema file of the JAX CIFAR-10 "
+                                 "release (NCSN++) -> a workdir")
+  _add_release_flags(p, family=False)
+  p.add_argument("--weights", default="ema", choices=("ema", "online"),
+                 help="the evaluation weights: the release's params_ema (default) or params")
+  for p in sub.choices.values():
     p.add_argument("--debug", action="store_true", help="print the traceback of every error")
   args = parser.parse_args(argv)
+  cli.setup_logging()
   try:
+    if args.what in releases.FORMATS:
+      return _run_release(args)
     check_destination(args.dst, args.overwrite)
     if args.what == "inception":
       report = convert_inception(args.src, args.dst)

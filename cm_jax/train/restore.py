@@ -4,6 +4,7 @@ Nothing in the workdir is written, so a run may still be training there.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Optional
 
@@ -26,10 +27,21 @@ def workdir_config(workdir: str, what: str = "--workdir") -> ml_collections.Conf
   return checkpoint.load_config(workdir)
 
 
+def without_training_distance(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with an LPIPS training distance replaced by l2 (a copy): what is restored
+  read-only never evaluates the training loss, so it must not need the converted VGG16 weights
+  (an imported CD-LPIPS release, or a run trained on another machine, samples without them)."""
+  if config.get("consistency") is None or config.consistency.get("distance") != "lpips":
+    return config
+  config = copy.deepcopy(config)
+  config.consistency.distance = "l2"
+  return config
+
+
 def restore_state(workdir: str, config: ml_collections.ConfigDict, step: Optional[int] = None,
                   mesh: Optional[Mesh] = None) -> tuple[Experiment, TrainState, dict]:
   """(experiment, state, meta) of checkpoint `step` (None = the latest) of a workdir."""
-  exp = Experiment.from_config(config, mesh)
+  exp = Experiment.from_config(without_training_distance(config), mesh)
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     if ckpt.latest_step() is None:

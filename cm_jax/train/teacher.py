@@ -28,11 +28,12 @@ from cm_jax.train.state import TrainState
 
 log = logging.getLogger("cm_jax")
 
-# Config keys the student must share with its teacher, and the exceptions (dropout has no weights,
-# and the teacher runs in eval mode).
+# Config keys the student must share with its teacher, and the exceptions: dropout has no weights
+# and the teacher runs in eval mode; the compute dtype and remat change no weight, so a float32
+# imported teacher serves a bfloat16 student (its weights then run in the student's dtype).
 _MUST_MATCH = ("data.name", "data.resolution", "data.channels", "data.num_classes", "karras.",
                "model.", "scm.time_scale", "scm.adaptive_weight", "scm.weight_hidden")
-_MAY_DIFFER = ("model.dropout",)
+_MAY_DIFFER = ("model.dropout", "model.dtype", "model.remat")
 _WHAT = "The teacher workdir (--config.teacher)"
 _ARTICLES = {"edm": "an EDM", "trigflow": "a TrigFlow"}
 
