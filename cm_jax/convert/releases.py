@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from typing import Optional
 
 import ml_collections
@@ -51,8 +52,9 @@ def _mapping_summary(mapping) -> list[str]:
     head = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
     groups.setdefault(head, set()).add(str(dst).split("/")[0])
     counts[head] += 1
-  return [f"{head} ({counts[head]} tensors) -> {', '.join(sorted(dsts))}"
-          for head, dsts in groups.items()]
+  natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+  return [f"{head} ({counts[head]} tensors) -> {', '.join(sorted(dsts, key=natural))}"
+          for head, dsts in sorted(groups.items(), key=lambda item: natural(item[0]))]
 
 
 def _finish(dst: str, config, weights: ImportedWeights, record: dict, report: dict) -> dict:
