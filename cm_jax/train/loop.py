@@ -21,6 +21,7 @@ from cm_jax.train.experiment import Experiment
 from cm_jax.train.step import make_finite_check, make_train_step
 
 log = logging.getLogger("cm_jax")
+METRICS_FILE = "metrics.jsonl"  # the logged scalars, one JSON row per logged step
 
 
 class _StopRequest:
@@ -258,7 +259,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
              num_steps, workdir)
     return {"workdir": workdir, "start_step": start, "preempted": None, "complete": True,
             "step": start, "checkpoint_dir": ckpt.directory, "state": state, "experiment": exp}
-  writer = metrics_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
+  writer = metrics_lib.MetricWriter(os.path.join(workdir, "tensorboard"),
+                                    os.path.join(workdir, METRICS_FILE), start_step=start)
   if start == 0:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     writer.write_hparams({**checkpoint.flat_config(config),

@@ -1,16 +1,20 @@
-"""Metric writing: TensorBoard event files (tensorboardX, no TensorFlow) and log lines.
+"""Metric writing: TensorBoard event files (tensorboardX, no TensorFlow), a metrics.jsonl of the
+same scalars (one JSON object per logged step, readable without TensorBoard), and log lines.
 
 clu's metric writers import TensorFlow; training here must not need it, so this keeps clu's
 interface (write_scalars / write_images / write_hparams / flush) with a writer of its own.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
 import numpy as np
+
+from cm_jax import files
 
 log = logging.getLogger("cm_jax")
 
@@ -18,19 +22,30 @@ log = logging.getLogger("cm_jax")
 class MetricWriter:
   """Writes only on process 0; other processes get a no-op writer."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, jsonl_path: Optional[str] = None, start_step: int = 0):
+    """jsonl_path: where the scalars also go, one line per write. A resumed run passes the step it
+    resumed from: rows past it (logged after the last checkpoint of a stopped run, and logged
+    again now) are dropped first, so each step has one row."""
     self._tb = None
+    self._jsonl = None
     self._active = jax.process_index() == 0
     if self._active:
       from tensorboardX import SummaryWriter
       os.makedirs(logdir, exist_ok=True)
       self._tb = SummaryWriter(logdir)
+      if jsonl_path:
+        _keep_rows_up_to(jsonl_path, start_step)
+        self._jsonl = open(jsonl_path, "a")
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._active:
       return
     for k, v in scalars.items():
       self._tb.add_scalar(k, float(v), step)
+    if self._jsonl is not None:
+      row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+      self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+      self._jsonl.flush()
     log.info("[%d] %s", step, ", ".join(f"{k}={float(v):.5g}" for k, v in sorted(scalars.items())))
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
@@ -52,3 +67,26 @@ class MetricWriter:
   def close(self) -> None:
     if self._active:
       self._tb.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
+
+
+def _keep_rows_up_to(path: str, step: int) -> None:
+  """Rewrites the file (atomically) without the rows past `step`; a torn last line (a killed
+  writer) goes too."""
+  if not os.path.exists(path):
+    return
+  kept, changed = [], False
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        keep = line.endswith("\n") and int(row["step"]) <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        changed = True
+  if changed:
+    files.write_atomically(path, "".join(kept).encode())
