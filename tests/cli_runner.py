@@ -1,5 +1,6 @@
 """Runs the real CLIs (`python -m cm_jax.train` / `cm_jax.sample`) in subprocesses, and reads
 back the state a run left in its workdir."""
+import os
 import subprocess
 import sys
 
@@ -34,3 +35,14 @@ def restore(workdir):
   state, meta = ckpt.restore(exp.abstract_state())
   ckpt.close()
   return state, meta
+
+
+def snapshot(path) -> dict:
+  """Every file under `path` (relative name -> bytes): what "nothing was written" compares."""
+  out = {}
+  for root, _, names in os.walk(path):
+    for name in names:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        out[os.path.relpath(full, path)] = f.read()
+  return out

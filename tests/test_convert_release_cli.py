@@ -18,8 +18,9 @@ from cm_jax import checkpoint, editing
 from cm_jax.convert import diffusers_unet, jcm_ncsnpp
 from cm_jax.data import fake
 from cm_jax.train.experiment import Experiment
+from cm_jax.train.restore import restore_state
 from configs import cifar10
-from tests.cli_runner import run_cli, sample, train
+from tests.cli_runner import run_cli, sample, snapshot, train
 from tests.test_evaluate_cli import random_inception
 
 pytestmark = pytest.mark.slow
@@ -52,16 +53,6 @@ def convert(*args, check=True):
   return run_cli("cm_jax.convert", *args, check=check)
 
 
-def snapshot(path) -> dict:
-  out = {}
-  for root, _, names in os.walk(path):
-    for name in names:
-      full = os.path.join(root, name)
-      with open(full, "rb") as f:
-        out[os.path.relpath(full, path)] = f.read()
-  return out
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
   root = tmp_path_factory.mktemp("release")
@@ -85,10 +76,7 @@ def test_convert_prints_what_it_found_and_writes_a_workdir(imported):
   assert config.method == "cd" and config.model.dtype == "float32"
   assert checkpoint.finished_steps(str(wd)) == [int(config.train.num_steps)]
   # A CD workdir carries a target network: the imported weights, as are params and EMA.
-  exp = Experiment.from_config(config)
-  ckpt = checkpoint.Checkpointer(str(wd), read_only=True)
-  state, meta = ckpt.restore(exp.abstract_state())
-  ckpt.close()
+  _, state, meta = restore_state(str(wd), config)
   assert meta["imported"]["source"] == str(hub)
   for a, b, c in zip(*(jax.tree.leaves(t) for t in (state.params, state.ema_params,
                                                      state.target_params))):
@@ -165,10 +153,7 @@ def test_imported_jcm_edm_starts_an_ect_run(tmp_path):
   out = convert("jcm", f"--src={src}", f"--dst={wd}",
                 "--config=configs/cifar10.py:method=edm,runlocal")
   assert "Found: jcm release, EDM cifar10" in out.stdout, out.stdout
-  exp = Experiment.from_config(checkpoint.load_config(str(wd)))
-  ckpt = checkpoint.Checkpointer(str(wd), read_only=True)
-  state, _ = ckpt.restore(exp.abstract_state())
-  ckpt.close()
+  _, state, _ = restore_state(str(wd), checkpoint.load_config(str(wd)))
   for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), b)
   data_dir = str(tmp_path / "tfds")

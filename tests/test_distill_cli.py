@@ -11,24 +11,13 @@ import pytest
 from cm_jax import checkpoint, parallel
 from cm_jax.train import restore, teacher as teacher_lib
 from configs import digits
-from tests.cli_runner import sample, train
+from tests.cli_runner import sample, snapshot, train
 
 # Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
 pytestmark = pytest.mark.slow
 
 EDM = "configs/digits.py:method=edm,runlocal"
 CD = "configs/digits.py:method=cd,runlocal"
-
-
-def snapshot(workdir) -> dict:
-  """Every file under the workdir and its bytes."""
-  out = {}
-  for root, _, files in os.walk(workdir):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, workdir)] = f.read()
-  return out
 
 
 @pytest.fixture(scope="module")

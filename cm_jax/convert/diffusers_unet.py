@@ -94,7 +94,7 @@ def _read_weights(folder: str, what: str) -> dict[str, np.ndarray]:
 
 def _check_config(cfg: dict, what: str) -> None:
   wrong = [f"{k}={cfg[k]!r} (the CM conversions have {v!r})" for k, v in _FIXED.items()
-           if k in cfg and cfg[k] != v and not (v is None and cfg[k] is None)]
+           if k in cfg and cfg[k] != v]
   for key, known in (("down_block_types", _DOWN), ("up_block_types", _UP)):
     unknown = [b for b in cfg.get(key, ()) if b not in known]
     if unknown:

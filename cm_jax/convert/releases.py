@@ -63,6 +63,26 @@ def _finish(dst: str, config, weights: ImportedWeights, record: dict, report: di
   return release_workdir.write_workdir(dst, config, weights, record)
 
 
+def _prepare(src: str, dst: str, family: Optional[str], kind: Optional[str],
+             config_spec: Optional[str], dtype: str) -> tuple[Release, str, ml_collections.ConfigDict]:
+  """(release, config spec, config) of an import, after checking --dst; the family's dataset
+  file is the default config."""
+  release_workdir.check_destination(dst)
+  release = release_workdir.identify(src, family, kind, default_family=family)
+  spec = config_spec or release_workdir.default_config_spec(release)
+  return release, spec, release_workdir.release_config(release, spec, dtype)
+
+
+def _finish_one_set(fmt: str, what: str, src: str, dst: str, release: Release, spec: str,
+                    config, arch, params, report: dict) -> tuple[dict, list]:
+  """The ADM releases ship one set of weights (the EMA the paper evaluates): params, EMA and
+  target network alike."""
+  weights = ImportedWeights(params=params, ema_params=params, target_params=None)
+  record = _record(fmt, src, release, spec, config)
+  record["weights"] = f"the {what}'s weights as params, EMA and target"
+  return _finish(dst, config, weights, record, report), _lines(record, arch, report)
+
+
 def _record(fmt: str, src: str, release: Release, spec: str, config) -> dict:
   two = release.two_step if release.kind != "edm" else None
   return {"format": fmt, "source": os.path.abspath(src), "sha256": release_workdir.file_digest(src),
@@ -76,31 +96,21 @@ def import_openai(src: str, dst: str, *, family: Optional[str] = None, kind: Opt
                   config_spec: Optional[str] = None, dtype: str = "float32") -> tuple[dict, list]:
   """A file of the OpenAI PyTorch release (`cd_imagenet64_l2.pt`, ...). Returns (record,
   lines to print)."""
-  release_workdir.check_destination(dst)
-  release = release_workdir.identify(src, family, kind)
-  spec = config_spec or release_workdir.default_config_spec(release)
-  config = release_workdir.release_config(release, spec, dtype)
+  release, spec, config = _prepare(src, dst, family, kind, config_spec, dtype)
   state = torch_weights.load_torch_file(src)
   arch = adm_release.infer_architecture(state, what=src)
   _check_adm_against_config(arch, config, spec)
   params, report = adm_release.params_from_state_dict(
       state, arch, num_head_channels=int(config.model.num_head_channels), what=src)
   del state
-  # The PyTorch release ships one set of weights per file (the EMA the paper evaluates).
-  weights = ImportedWeights(params=params, ema_params=params, target_params=None)
-  record = _record("openai", src, release, spec, config)
-  record["weights"] = "the file's weights as params, EMA and target"
-  return _finish(dst, config, weights, record, report), _lines(record, arch, report)
+  return _finish_one_set("openai", "file", src, dst, release, spec, config, arch, params, report)
 
 
 def import_diffusers(src: str, dst: str, *, family: Optional[str] = None,
                      kind: Optional[str] = None, config_spec: Optional[str] = None,
                      dtype: str = "float32") -> tuple[dict, list]:
   """A diffusers `UNet2DModel` folder (the openai/diffusers-* hub repos, downloaded)."""
-  release_workdir.check_destination(dst)
-  release = release_workdir.identify(src, family, kind)
-  spec = config_spec or release_workdir.default_config_spec(release)
-  config = release_workdir.release_config(release, spec, dtype)
+  release, spec, config = _prepare(src, dst, family, kind, config_spec, dtype)
   state, unet_config = diffusers_unet.read_unet_dir(src, what=src)
   arch = adm_release.infer_architecture(state, what=src)
   _check_adm_against_config(arch, config, spec)
@@ -115,22 +125,17 @@ def import_diffusers(src: str, dst: str, *, family: Optional[str] = None,
   params, report = adm_release.params_from_state_dict(state, arch, num_head_channels=head,
                                                       what=src)
   del state
-  weights = ImportedWeights(params=params, ema_params=params, target_params=None)
-  record = _record("diffusers", src, release, spec, config)
-  record["weights"] = "the folder's weights as params, EMA and target"
-  return _finish(dst, config, weights, record, report), _lines(record, arch, report)
+  return _finish_one_set("diffusers", "folder", src, dst, release, spec, config, arch, params,
+                         report)
 
 
 def import_jcm(src: str, dst: str, *, kind: Optional[str] = None,
                config_spec: Optional[str] = None, weights: str = "ema",
                dtype: str = "float32") -> tuple[dict, list]:
   """A `checkpoint_N` / `edm_cifar10_ema` file of the JAX CIFAR-10 release."""
-  release_workdir.check_destination(dst)
   if not os.path.exists(src):
     raise MissingPath(f"--src={src} does not exist.")
-  release = release_workdir.identify(src, "cifar10", kind, default_family="cifar10")
-  spec = config_spec or release_workdir.default_config_spec(release)
-  config = release_workdir.release_config(release, spec, dtype)
+  release, spec, config = _prepare(src, dst, "cifar10", kind, config_spec, dtype)
   if config.model.name != "ncsnpp":
     raise UserError(f"The JAX release's network is NCSN++ but {spec} builds "
                     f"model.name={config.model.name}; give an NCSN++ config (configs/cifar10.py).")
