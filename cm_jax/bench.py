@@ -165,7 +165,8 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
   mesh = exp.mesh
   devices = int(mesh.devices.size)
   batch_size = int(batch_size or config.train.batch_size)
-  parallel.check_batch_size(batch_size, mesh)
+  grad_accum = int(config.train.get("grad_accum", 1))
+  parallel.check_batch_size(batch_size, mesh, grad_accum)
   device = jax.devices()[0]
   platform, kind = device.platform, device.device_kind
   compute = str(config.model.get("dtype", "float32"))
@@ -184,16 +185,24 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
     frozen = state.ema_params if steps == 0 else jax.tree.map(jnp.copy, state.ema_params)
     notes.append("cd: the student's weights stand in for the teacher's (same cost)")
   # Built exactly as cm_jax.train.loop builds it.
-  kwargs = {}
-  if hasattr(exp, "state_sharding"):
-    kwargs = dict(skip_nonfinite=bool(config.train.get("skip_nonfinite", False)),
-                  state_sharding=exp.state_sharding())
-  build = lambda: make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh, **kwargs)
+  kwargs = dict(skip_nonfinite=bool(config.train.get("skip_nonfinite", False)),
+                state_sharding=exp.state_sharding())
+
+  def build(accum: int = grad_accum, **options):
+    step = make_train_step(exp.method, exp.tx, float(config.ema_rate), mesh, **kwargs,
+                           grad_accum=accum)
+    return step.lower(state, batch, frozen).compile(**options)
+
+  def count_flops(program, **options) -> float:
+    """XLA counts a loop's body once, so a split step's FLOPs are those of the unsplit one."""
+    return _flops(program if grad_accum == 1 else build(1, **options))
 
   t = time.perf_counter()
-  compiled = build().lower(state, batch, frozen).compile()
+  compiled = build()
   compile_s = time.perf_counter() - t
-  flops = executed_flops = _flops(compiled)
+  flops = executed_flops = count_flops(compiled)
+  if grad_accum > 1:
+    notes.append(f"grad_accum={grad_accum}: FLOPs counted on the unsplit step (the same work)")
   mem = _memory_analysis(compiled)
   mem_plain = None
   if platform == "cpu":
@@ -203,9 +212,10 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
     # memory figure is taken with XLA:CPU's memory-minimising schedule: the default
     # concurrency-optimised one keeps many more buffers alive at once to run them in parallel.
     with layers.plain_convs():
-      plain = build().lower(state, batch, frozen).compile(
-          compiler_options={"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"})
-    flops, mem_plain = _flops(plain), _memory_analysis(plain)
+      options = {"compiler_options": {
+          "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}}
+      plain = build(**options)
+      flops, mem_plain = count_flops(plain, **options), _memory_analysis(plain)
     del plain
 
   step_s, times, cpu_times = None, [], []
@@ -274,6 +284,7 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
                  "dtype": compute, "distance": config.consistency.distance},
       "device": kind, "platform": platform, "devices": devices,
       "batch_size": batch_size, "batch_per_device": batch_size // devices,
+      "grad_accum": grad_accum,
       "params": n_params,
       "compile_s": compile_s,
       "step_s": step_s, "step_times_s": times,
@@ -300,7 +311,8 @@ def format_table(r: dict) -> str:
       ("config", f"{r['config']['method']} / {r['config']['model']} / {r['config']['dataset']} "
                  f"{r['config']['resolution']}px / {r['config']['dtype']}"),
       ("device", f"{r['devices']} x {r['device']} ({r['platform']})"),
-      ("batch", f"{r['batch_size']} ({r['batch_per_device']} per device)"),
+      ("batch", f"{r['batch_size']} ({r['batch_per_device']} per device"
+                + (f", {r['grad_accum']} micro-batches)" if r.get("grad_accum", 1) > 1 else ")")),
       ("params", f"{r['params']:,}"),
       ("compile", f"{r['compile_s']:.1f} s"),
       ("step", "-" if r["step_s"] is None else f"{r['step_s'] * 1e3:.1f} ms"),

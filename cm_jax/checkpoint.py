@@ -50,6 +50,7 @@ RUNTIME_KEYS = (
     "train.num_grid_samples", "data.data_dir", "data.num_workers", "eval.",
     "train.skip_nonfinite", "parallel.",  # the layout over devices, not the mathematics
     "model.remat",                        # memory against recomputation, same results
+    "train.grad_accum",                   # memory against time, the same mean gradient
 )
 
 

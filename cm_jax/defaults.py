@@ -129,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=512,         # global, over every device of every process
+      grad_accum=1,           # K > 1: each batch as K micro-batches in the step (memory of B / K)
       num_steps=800_000,      # K of the curricula
       log_every=100,
       save_every=5000,

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cm_jax import progress as progress_lib
 from cm_jax.errors import UserError
 
 DATA_AXIS = "data"
@@ -193,8 +194,11 @@ def to_global(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh: Mesh, grad_accum: int = 1) -> None:
   devices, processes = mesh.devices.size, jax.process_count()
+  if grad_accum < 1:
+    raise UserError(f"train.grad_accum={grad_accum}: give the number of micro-batches a batch "
+                    "is split into, 1 (no split) or more.")
   if global_batch_size < 1:
     raise UserError(f"train.batch_size={global_batch_size} must be a positive multiple of the "
                     f"{devices} devices.")
@@ -202,6 +206,11 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
     raise UserError(
         f"train.batch_size={global_batch_size} is not divisible by the {devices} devices "
         f"({processes} processes); set --config.train.batch_size to a multiple of {devices}.")
+  if global_batch_size % (devices * grad_accum):
+    raise UserError(
+        f"train.batch_size={global_batch_size} does not split into train.grad_accum={grad_accum} "
+        f"micro-batches over {devices} devices; make the batch a multiple of "
+        f"{devices * grad_accum} (devices x grad_accum) or change grad_accum.")
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
@@ -220,7 +229,8 @@ def device_batch_size(batch_size: int, num_rows: int, mesh: Mesh) -> int:
   return round_up(max(1, min(batch_size, num_rows)), mesh.devices.size)
 
 
-def map_in_batches(fn, rows, batch_size: int, to_host=jax.device_get):
+def map_in_batches(fn, rows, batch_size: int, to_host=jax.device_get,
+                   progress: Optional[str] = None):
   """fn(*batch) over independent rows in batches of exactly `batch_size`, outputs concatenated.
 
   rows: arrays with the same number N of rows (a None passes through as None). The last batch is
@@ -228,13 +238,14 @@ def map_in_batches(fn, rows, batch_size: int, to_host=jax.device_get):
   compile; a batch size divisible by the device count splits over every device). fn returns an
   array or a tuple of arrays; each comes back through `to_host` batch by batch, so a caller can
   shrink it on the host at once (uint8 samples). The one batching loop of sampling, editing and
-  the feature networks.
+  the feature networks. `progress`: a bar of that name when there is more than one batch.
   """
   n = len(next(r for r in rows if r is not None))
   if n == 0 or batch_size < 1:
     raise ValueError(f"map_in_batches needs rows and a positive batch size, got {n} rows and "
                      f"batch size {batch_size}.")
   outs = []
+  bar = progress_lib.bar(n, progress) if progress and n > batch_size else None
   for start in range(0, n, batch_size):
     count = min(batch_size, n - start)
     batch = []
@@ -249,6 +260,10 @@ def map_in_batches(fn, rows, batch_size: int, to_host=jax.device_get):
     out = fn(*batch)
     outs.append(tuple(np.asarray(to_host(o))[:count] for o in out) if isinstance(out, tuple)
                 else np.asarray(to_host(out))[:count])
+    if bar is not None:
+      bar.update(count)
+  if bar is not None:
+    bar.close()
   if isinstance(outs[0], tuple):
     return tuple(np.concatenate(parts) for parts in zip(*outs))
   return np.concatenate(outs)

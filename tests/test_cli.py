@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("cli") / "ict"
-  out = train(workdir)
+  # Each batch of 16 as 2 micro-batches: train.grad_accum through the CLI and the loop.
+  out = train(workdir, "configs/digits.py:method=ict,runlocal", "--config.train.grad_accum=2")
   return workdir, out
 
 
@@ -23,7 +24,7 @@ def test_train_writes_checkpoint_grids_and_scores(trained):
   workdir, out = trained
   assert "Checkpoint:" in out.stdout and "Frechet" in out.stdout
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-  assert (workdir / "config.json").exists()
+  assert json.loads((workdir / "config.json").read_text())["train"]["grad_accum"] == 2
   assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
   assert (workdir / "samples" / "final_1step_2step_step0000004.png").exists()
   scores = json.loads((workdir / "eval" / "digits_quality_step0000004.json").read_text())
@@ -68,6 +69,9 @@ def test_bad_config_inputs_are_clear_errors(tmp_path):
                "--config.train.batch_size=12", devices=8, check=False),
          "not divisible by the 8 devices")
   assert not os.path.exists(tmp_path / "d" / "checkpoints")
+  _error(train(tmp_path / "e", "configs/digits.py:method=ict,runlocal",
+               "--config.train.grad_accum=3", check=False),
+         "does not split into train.grad_accum=3 micro-batches")
 
 
 def test_workdir_of_another_config_is_refused_and_kept(trained):

@@ -175,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   exp = Experiment.from_config(config)
   tc = config.train
   global_batch = int(tc.batch_size)
-  parallel.check_batch_size(global_batch, exp.mesh)
+  parallel.check_batch_size(global_batch, exp.mesh, int(tc.get("grad_accum", 1)))
   data.check_config(config.data)
   # CD, ECT, sCD (and CT when given one): a missing or mismatched teacher is an error before this
   # workdir is touched.
@@ -192,6 +192,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if finish is not None and not summary["preempted"] and not summary["complete"]:
       finish(summary)
   return summary
+
+
+def _memory_in_use() -> str:
+  """The first local device's memory in use and its peak, for the status line; empty on XLA:CPU,
+  which keeps no such statistics."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_in_use" not in stats:
+    return ""
+  gib = 2.0 ** 30
+  return (f"  memory {stats['bytes_in_use'] / gib:.2f} GiB"
+          f" (peak {stats.get('peak_bytes_in_use', stats['bytes_in_use']) / gib:.2f})")
 
 
 @contextlib.contextmanager
@@ -278,7 +289,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
              (jax.process_index() + 1) * local, global_batch, jax.local_device_count())
   skip = bool(tc.get("skip_nonfinite", False))
   train_step = make_train_step(exp.method, exp.tx, float(config.ema_rate), exp.mesh,
-                               skip_nonfinite=skip, state_sharding=exp.state_sharding())
+                               skip_nonfinite=skip, state_sharding=exp.state_sharding(),
+                               grad_accum=int(tc.get("grad_accum", 1)))
   state_is_finite = make_finite_check(exp.mesh)
   nonfinite = _NonFinite(exp.mesh, start, skip, int((resumed or {}).get("skipped_steps", 0)))
   record = checkpoint.config_record(config)  # the run's identity, checked on every resume
@@ -329,8 +341,9 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
         scalars.update({"steps_per_s": rate, "img_per_s": rate * global_batch})
         writer.write_scalars(step, scalars)
         eta = (num_steps - step) / max(rate, 1e-9)
-        log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s", step, num_steps, rate,
-                 rate * global_batch, _duration(eta))
+        if jax.process_index() == 0:
+          log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s%s", step, num_steps, rate,
+                   rate * global_batch, _duration(eta), _memory_in_use())
       if step % int(tc.save_every) == 0 and step != num_steps and not stopping:
         save(step)
       if step % int(tc.sample_every) == 0 and step != num_steps and not stopping:

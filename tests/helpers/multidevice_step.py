@@ -10,6 +10,7 @@ from cm_jax import parallel
 from cm_jax.train.experiment import Experiment
 from cm_jax.train.step import make_train_step
 from configs import digits
+from tests.helpers.per_example_noise import ID_KEY, PerExampleNoise
 
 assert jax.device_count() == 8, jax.devices()
 method = sys.argv[1]
@@ -43,5 +44,19 @@ for devices in (1, 8):
 assert s1 == s8 == 3
 max_param = max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p8))
 max_ema = max(float(np.max(np.abs(a - b))) for a, b in zip(e1, e8))
-print(json.dumps({"loss_1": l1, "loss_8": l8, "max_param_diff": max_param,
-                  "max_ema_diff": max_ema}))
+out = {"loss_1": l1, "loss_8": l8, "max_param_diff": max_param, "max_ema_diff": max_ema}
+
+if method == "ict":
+  # train.grad_accum on 8 devices: 2 micro-batches of 8 rows (one per device) against the batch.
+  mesh = parallel.create_mesh()
+  exp = Experiment.from_config(config, mesh)
+  ids = dict(batch, **{ID_KEY: np.arange(16, dtype=np.int32)})
+  params = {}
+  for k in (1, 2):
+    step = make_train_step(PerExampleNoise(exp.method), exp.tx, float(config.ema_rate), mesh,
+                           grad_accum=k)
+    state, _ = step(exp.init_state(0), parallel.global_batch(ids, mesh), None)
+    params[k] = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+  out["max_grad_accum_diff"] = max(float(np.max(np.abs(a - b)))
+                                   for a, b in zip(params[1], params[2]))
+print(json.dumps(out))
