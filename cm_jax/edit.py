@@ -147,7 +147,8 @@ def run_batched(exp: Experiment, fn: Callable, params, rows: Sequence[Optional[n
   size = parallel.device_batch_size(batch_size, len(rows[0]), exp.mesh)
   repl, data = parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)
   run = jax.jit(fn, in_shardings=(repl,) + (data,) * len(rows), out_shardings=data)
-  return parallel.map_in_batches(lambda *batch: run(params, *batch), rows, size)
+  return parallel.map_in_batches(lambda *batch: run(params, *batch), rows, size,
+                                 progress="editing")
 
 
 # ---- tasks: each returns (edited [M, H, W, C] float, the grid's columns, their count) ---------

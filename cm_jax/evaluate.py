@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, defaults, files, methods, sampling
+from cm_jax import checkpoint, cli, defaults, files, methods, progress, sampling
 from cm_jax.data import pipeline
 from cm_jax.errors import UserError
 from cm_jax.evaluation import digit_features, fid, inception, plans, two_step
@@ -197,6 +197,8 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
     print(f"  resuming at sample {start} of {num} from {partial}")
   batch = max(1, min(_BATCH.value, num))
   last_save, batches, t0 = time.time(), 0, time.time()
+  bar = progress.bar(num, f"step {step} {plans.describe_plan(plan, exp.plans_in_time)}",
+                     initial=start)
 
   def save():
     if jax.process_index() == 0:
@@ -212,6 +214,7 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
     stats.update(*net(images))
     start += count
     batches += 1
+    bar.update(count)
     if _STOP_AFTER.value and batches >= _STOP_AFTER.value and start < num:
       save()
       raise Interrupted(f"stopped after {batches} batches ({start} of {num} samples) as "
@@ -219,6 +222,7 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
     if time.time() - last_save > _SAVE_EVERY.value and start < num:
       save()
       last_save = time.time()
+  bar.close()
   row = {**key, **summarise(stats, ref), "key_id": kid, "devices": jax.device_count(),
          "seconds": round(time.time() - t0, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
   if jax.process_index() == 0:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from cm_jax import files as file_io
-from cm_jax import parallel
+from cm_jax import parallel, progress
 from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import inception
 from cm_jax.evaluation.frechet import RunningStats, frechet_distance  # noqa: F401 (re-export)
@@ -202,11 +202,13 @@ class FeatureStats:
 
 
 def stream_stats(net: FeatureNet, batches: Iterable[np.ndarray], total: int,
-                 keep_features: bool = False) -> FeatureStats:
-  """Feature statistics of uint8 image batches."""
+                 keep_features: bool = False, desc: str = "features") -> FeatureStats:
+  """Feature statistics of uint8 image batches (a progress bar named `desc` over `total`)."""
   stats = FeatureStats(net.dim, net.num_logits, total, keep_features)
-  for images in batches:
-    stats.update(*net(images))
+  with progress.bar(total, f"{desc} ({net.name})") as bar:
+    for images in batches:
+      stats.update(*net(images))
+      bar.update(len(images))
   return stats
 
 
@@ -343,7 +345,7 @@ def reference_from_dataset(data_config, split: str, net: FeatureNet, cache_dir: 
       raw, _ = source.read(range(start, min(start + batch_size, n)))
       yield sampling.to_uint8(pipeline.to_model_input(raw, data_config.resolution))
 
-  stats = stream_stats(net, batches(), n, keep_features)
+  stats = stream_stats(net, batches(), n, keep_features, desc=f"{data_config.name}:{split}")
   ref = Reference(stats.moments.mean(), stats.moments.cov(), f"{data_config.name}:{split}",
                   stats.all_features() if keep_features else None)
   if path and jax.process_index() == 0:

@@ -225,7 +225,7 @@ class Experiment:
     idx = np.arange(first_index, first_index + num_samples, dtype=np.int32)
     return parallel.map_in_batches(
         lambda i, lab: run(params, key, glob(i), glob(lab)), [idx, labels], size,
-        to_host=lambda images: sampling.to_uint8(jax.device_get(images)))
+        to_host=lambda images: sampling.to_uint8(jax.device_get(images)), progress="sampling")
 
   def _replicate(self, params):
     """Global arrays with another sharding (FSDP) -> replicated on this mesh; host arrays stay."""
