@@ -14,9 +14,12 @@
 #        srun: one process per GPU on every node; jax.distributed discovers the cluster.
 #        Logs: WORKDIR/logs/slurm-JOB-TASK.log.
 #   --tpu=NAME --zone=Z [--project=P]
-#        copies this checkout to every worker of the TPU VM, installs it, and starts the same
-#        command on all workers (gcloud compute tpus tpu-vm ssh --worker=all). Logs: on each
-#        worker ~/cm_jax/logs/HOSTNAME.log, and here WORKDIR/logs/tpu-NAME.log.
+#        copies this checkout to every worker of the TPU VM, makes a Python 3.11 environment there
+#        with uv, installs cm_jax[tpu] into it, and starts the same command on all workers
+#        (gcloud compute tpus tpu-vm ssh --worker=all). --workdir must be an absolute path every
+#        worker shares (a gcsfuse or Filestore mount). Logs: WORKDIR/logs/worker-N.log; worker
+#        0's output also here. TFDS_DATA_DIR, LIBTPU_INIT_ARGS, XLA_FLAGS and CM_JAX_PROGRESS,
+#        when set here, are passed on.
 # Exit status (also of python -m cm_jax.train): 0 finished or already complete; 2 a mistake in
 # the flags, config or workdir (nothing written); 75 stopped by SIGTERM / Ctrl-C after saving a
 # checkpoint: run the same command to resume (schedulers requeue on it); else a failure.
@@ -195,6 +198,13 @@ slurm)
 tpu)
   [[ -n "$tpu" ]] || die "--tpu needs a name: --tpu=NAME --zone=ZONE"
   [[ -n "$zone" ]] || die "--tpu=$tpu needs --zone=ZONE (the TPU VM's zone, e.g. us-central2-b)"
+  # Every worker runs the same command and must see the same workdir (checkpoints, config.json,
+  # logs): a relative path would resolve on each worker's own disk.
+  case "$workdir" in
+    gs://*) die "--workdir=$workdir: cm_jax does not write to gs:// yet; mount the bucket on every worker (gcsfuse, docs/scaling.md) and give the mount's path, e.g. --workdir=/mnt/bucket/runs/NAME" ;;
+    /*) ;;
+    *) die "--tpu needs a workdir every worker shares: an absolute path on a shared mount (gcsfuse, Filestore), e.g. --workdir=/mnt/bucket/runs/NAME; '$workdir' would resolve on each worker's own disk" ;;
+  esac
   if ((!dry_run)); then
     command -v gcloud > /dev/null || die "--tpu needs the gcloud CLI (https://cloud.google.com/sdk/docs/install), logged in with 'gcloud auth login'"
   fi
@@ -203,20 +213,32 @@ tpu)
   bundle="${TMPDIR:-/tmp}/cm_jax_code_$$.tgz"
   ((dry_run)) || trap 'rm -f "$bundle"' EXIT
   remote_dir='~/cm_jax'
-  echo "Training on TPU VM $tpu ($zone): --config=$config --workdir=$workdir (use a directory every worker shares)"
+  echo "Training on TPU VM $tpu ($zone): --config=$config --workdir=$workdir; worker logs in $logdir/"
   # 1. This checkout (without environments, runs or git history) to every worker.
-  run tar -czf "$bundle" --exclude=./.venv --exclude=./.git --exclude=./runs --exclude='*/__pycache__' .
+  run tar -czf "$bundle" --exclude=./.venv --exclude=./.git --exclude=./runs --exclude=./.whl \
+    --exclude='*/__pycache__' .
   run gcloud compute tpus tpu-vm scp "$bundle" "$tpu:cm_jax_code.tgz" "${where[@]}"
-  # 2. Unpack and install on every worker (jax[tpu] brings libtpu).
-  run gcloud compute tpus tpu-vm ssh "$tpu" "${where[@]}" \
-    "--command=mkdir -p $remote_dir && tar -xzf ~/cm_jax_code.tgz -C $remote_dir && cd $remote_dir && python3 -m pip install --quiet -e . 'jax[tpu]'"
-  # 3. The same command on every worker at once; jax.distributed finds the pod by itself.
-  remote="cd $remote_dir && mkdir -p logs && CM_JAX_DISTRIBUTED=1 python3 $(quoted "${train_cmd[@]}") 2>&1 | tee logs/\$(hostname).log"
-  run mkdir -p "$logdir"
+  # 2. On every worker: Python >= 3.11 in its own environment (the TPU VM images' python3 is
+  #    3.10 on Ubuntu 22.04), made by uv, and cm_jax[tpu] installed into it from the copied tree.
+  setup="mkdir -p $remote_dir && tar -xzf ~/cm_jax_code.tgz -C $remote_dir && cd $remote_dir"
+  setup+=" && (python3 -m uv --version > /dev/null 2>&1 || python3 -m pip install --user --quiet uv)"
+  setup+=" && (test -x .venv/bin/python || python3 -m uv venv --quiet --python 3.11 .venv)"
+  setup+=" && python3 -m uv pip install --quiet --python .venv/bin/python -e '.[tpu]'"
+  run gcloud compute tpus tpu-vm ssh "$tpu" "${where[@]}" "--command=$setup"
+  # 3. The same command on every worker at once; jax.distributed finds the pod by itself. Each
+  #    worker logs to the shared workdir; worker 0's output also comes back here.
+  envs=(CM_JAX_DISTRIBUTED=1)
+  for name in TFDS_DATA_DIR LIBTPU_INIT_ARGS XLA_FLAGS CM_JAX_PROGRESS; do
+    [[ -n "${!name:-}" ]] && envs+=("$name=${!name}")
+  done
+  worker='$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number || hostname)'
+  log="$(quoted "$logdir")/worker-\$w.log"
+  train="env $(quoted "${envs[@]}") .venv/bin/python $(quoted "${train_cmd[@]}")"
+  remote="set -o pipefail; cd $remote_dir && mkdir -p $(quoted "$logdir") && w=$worker && if [ \"\$w\" = 0 ]; then $train 2>&1 | tee $log; else $train > $log 2>&1; fi"
   if ((dry_run)); then
-    echo "$(quoted gcloud compute tpus tpu-vm ssh "$tpu" "${where[@]}" "--command=$remote") 2>&1 | tee $(quoted "$logdir/tpu-$tpu.log")"
+    echo "$(quoted gcloud compute tpus tpu-vm ssh "$tpu" "${where[@]}" "--command=$remote")"
   else
-    gcloud compute tpus tpu-vm ssh "$tpu" "${where[@]}" "--command=$remote" 2>&1 | tee "$logdir/tpu-$tpu.log"
+    gcloud compute tpus tpu-vm ssh "$tpu" "${where[@]}" "--command=$remote"
   fi
   ;;
 esac

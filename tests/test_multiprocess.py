@@ -155,18 +155,32 @@ def run_launcher(*args, env_extra=None, path=None):
 
 def test_dry_run_prints_tpu_and_slurm_commands():
   out = run_launcher("--dry_run", "--tpu=pod", "--zone=us-central2-b", "--project=p1",
-                     "--workdir=/mnt/shared/run", "--config.train.num_steps=10")
+                     "--workdir=/mnt/shared/run", "--config.train.num_steps=10",
+                     env_extra={"TFDS_DATA_DIR": "/mnt/data"})
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
   where = "--worker=all --zone=us-central2-b --project=p1"
   assert any(l.startswith("gcloud compute tpus tpu-vm scp ") and "pod:cm_jax_code.tgz" in l
              and where in l for l in lines), out.stdout
-  assert any(l.startswith(f"gcloud compute tpus tpu-vm ssh pod {where}") and "pip install" in l
-             for l in lines), out.stdout
-  run = [l for l in lines if "CM_JAX_DISTRIBUTED=1 python3 -m cm_jax.train" in l]
+  # Each worker: a Python 3.11 environment made by uv, cm_jax[tpu] installed into it.
+  setup = [l for l in lines if l.startswith(f"gcloud compute tpus tpu-vm ssh pod {where}")
+           and "uv venv" in l]
+  assert len(setup) == 1 and "--python 3.11 .venv" in setup[0], out.stdout
+  assert "uv pip install --quiet --python .venv/bin/python -e '\\''.[tpu]" in setup[0], setup
+  run = [l for l in lines if "CM_JAX_DISTRIBUTED=1 TFDS_DATA_DIR=/mnt/data .venv/bin/python -m "
+         "cm_jax.train" in l]
   assert len(run) == 1 and run[0].startswith(f"gcloud compute tpus tpu-vm ssh pod {where}")
   assert "--workdir=/mnt/shared/run --config.train.num_steps=10" in run[0]
-  assert "tee logs/$(hostname).log" in run[0] and "logs/tpu-pod.log" in run[0]
+  # Logs in the shared workdir, one per worker; worker 0's also on the caller's terminal, and
+  # the run's exit status (75 = preempted, resume) survives the tee.
+  assert "set -o pipefail;" in run[0] and "agent-worker-number" in run[0]
+  assert "| tee /mnt/shared/run/logs/worker-$w.log; else" in run[0]
+  assert "> /mnt/shared/run/logs/worker-$w.log 2>&1; fi" in run[0]
+  # A workdir the workers do not share is refused before anything runs.
+  for bad, says in (("runs/x", "would resolve on each worker's own disk"),
+                    ("gs://b/run", "does not write to gs:// yet")):
+    out = run_launcher("--dry_run", "--tpu=pod", "--zone=z", f"--workdir={bad}")
+    assert out.returncode == 2 and says in out.stderr and not out.stdout.strip(), out
 
   out = run_launcher("--dry_run", "--slurm", "--gpus_per_node=8", "--nodes=2",
                      "--workdir=/shared/r", "--", "--config.train.batch_size=256",
@@ -210,7 +224,7 @@ def test_bad_launcher_input_is_a_clear_error(tmp_path):
     found = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True)
     if found.stdout.strip():
       os.symlink(found.stdout.strip(), bin_dir / tool)
-  out = run_launcher("--tpu=pod", "--zone=z", path=str(bin_dir))
+  out = run_launcher("--tpu=pod", "--zone=z", "--workdir=/mnt/x", path=str(bin_dir))
   assert out.returncode == 2 and "needs the gcloud CLI" in out.stderr, out.stderr
   out = run_launcher("--slurm", "--gpus_per_node=2", path=str(bin_dir))
   assert out.returncode == 2 and "needs srun on PATH" in out.stderr, out.stderr
