@@ -39,13 +39,14 @@ LAUNCH = os.path.join(REPO_ROOT, "launch", "train.sh")
 
 @pytest.fixture(scope="module")
 def cache_env():
-  """The test's interpreter, as it is (no .venv install step in the launcher)."""
+  """The test's interpreter, as it is (no .venv install step in the launcher); the 2-process runs
+  go without the compilation cache (launch below)."""
   return {"CM_JAX_PYTHON": sys.executable}
 
 
 def launch(workdir, cache_env, *extra, **popen):
   """launch/train.sh --num_processes=2 --cpu_devices=2 (a Popen; the caller waits)."""
-  env = subprocess_env(devices=1, **cache_env)
+  env = subprocess_env(devices=1, compilation_cache=False, **cache_env)
   return subprocess.Popen(
       ["bash", LAUNCH, "--num_processes=2", "--cpu_devices=2", f"--config={CONFIG}",
        f"--workdir={workdir}", *OVERRIDES, *extra],
