@@ -22,13 +22,19 @@ from configs import base
 from tests.helpers.gaussian import (LEVELS, S, SHAPE, alpha_of, config_for, exact_alpha,
                                     exact_denoiser, table_net, train, variance_denoiser_net)
 
+# float64 for the order-of-accuracy checks: jax.enable_x64 in newer jax, jax.experimental's in 0.7.
+if hasattr(jax, "enable_x64"):
+  enable_x64 = jax.enable_x64
+else:
+  from jax.experimental import enable_x64
+
 
 def exact_flow(x, sigma, sigma_next):
   return x * np.sqrt(S**2 + sigma_next**2) / np.sqrt(S**2 + sigma**2)
 
 
 def one_step_error(solver, sigma, sigma_next):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     x = jnp.ones((1,) + SHAPE, jnp.float64)
     got = ode.get_step(solver)(exact_denoiser, x, jnp.float64(sigma), jnp.float64(sigma_next))
     return abs(float(got[0, 0, 0, 0]) - exact_flow(1.0, sigma, sigma_next))
@@ -47,7 +53,7 @@ def test_one_ode_step_has_its_order_of_accuracy(solver, local_order):
 def cd_chain(n_levels, solver):
   """alpha on the ascending grid at CD's fixed point with the exact teacher (numpy float64)."""
   sig = karras.karras_sigmas(n_levels, LEVELS)
-  with jax.enable_x64(True):
+  with enable_x64(True):
     x = jnp.ones((n_levels - 1, 1, 1, 1), jnp.float64)
     beta = ode.get_step(solver)(exact_denoiser, x, jnp.asarray(sig[1:]), jnp.asarray(sig[:-1]))
   return np.concatenate([[1.0], np.cumprod(np.asarray(beta).reshape(-1))])
