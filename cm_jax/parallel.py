@@ -245,25 +245,22 @@ def map_in_batches(fn, rows, batch_size: int, to_host=jax.device_get,
     raise ValueError(f"map_in_batches needs rows and a positive batch size, got {n} rows and "
                      f"batch size {batch_size}.")
   outs = []
-  bar = progress_lib.bar(n, progress) if progress and n > batch_size else None
-  for start in range(0, n, batch_size):
-    count = min(batch_size, n - start)
-    batch = []
-    for r in rows:
-      if r is None:
-        batch.append(None)
-        continue
-      part = np.asarray(r[start:start + batch_size])
-      if count < batch_size:
-        part = np.concatenate([part, np.repeat(part[-1:], batch_size - count, axis=0)])
-      batch.append(part)
-    out = fn(*batch)
-    outs.append(tuple(np.asarray(to_host(o))[:count] for o in out) if isinstance(out, tuple)
-                else np.asarray(to_host(out))[:count])
-    if bar is not None:
+  with progress_lib.bar(n, progress or "", show=bool(progress) and n > batch_size) as bar:
+    for start in range(0, n, batch_size):
+      count = min(batch_size, n - start)
+      batch = []
+      for r in rows:
+        if r is None:
+          batch.append(None)
+          continue
+        part = np.asarray(r[start:start + batch_size])
+        if count < batch_size:
+          part = np.concatenate([part, np.repeat(part[-1:], batch_size - count, axis=0)])
+        batch.append(part)
+      out = fn(*batch)
+      outs.append(tuple(np.asarray(to_host(o))[:count] for o in out) if isinstance(out, tuple)
+                  else np.asarray(to_host(out))[:count])
       bar.update(count)
-  if bar is not None:
-    bar.close()
   if isinstance(outs[0], tuple):
     return tuple(np.concatenate(parts) for parts in zip(*outs))
   return np.concatenate(outs)

@@ -16,8 +16,10 @@ def enabled() -> bool:
   return jax.process_index() == 0 and os.environ.get(ENV, "1") != "0"
 
 
-def bar(total: int, desc: str, *, initial: int = 0, unit: str = "img") -> tqdm.tqdm:
-  """A bar over `total` items (update(n) after each chunk); a silent one where disabled."""
+def bar(total: int, desc: str, *, initial: int = 0, unit: str = "img",
+        show: bool = True) -> tqdm.tqdm:
+  """A bar over `total` items (update(n) after each chunk); a silent one where disabled or
+  `show` is False."""
   tty = sys.stderr.isatty()
   return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
-                   disable=not enabled(), mininterval=0.5 if tty else 30.0, dynamic_ncols=tty)
+                   disable=not (show and enabled()), mininterval=0.5 if tty else 30.0, dynamic_ncols=tty)
