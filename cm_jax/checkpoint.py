@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Optional
 
@@ -23,13 +22,15 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from cm_jax import defaults, files
+from cm_jax import defaults, files, storage
 from cm_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 META_ITEM = "meta"
 CORRUPT_PREFIX = "corrupt-"
+# Orbax's last write into a step on an object store (its commit, where a disk gets a rename).
+COMMIT_MARKER = "commit_success.txt"
 
 log = logging.getLogger("cm_jax")
 
@@ -102,12 +103,11 @@ def _refuse(what: str, differ: list[str]) -> None:
 
 def read_recorded_config(workdir: str) -> Optional[dict]:
   """WORKDIR/config.json as a dict, None when there is none."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, CONFIG_FILE)
+  if not storage.exists(path):
     return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path} is unreadable ({e}); it records this workdir's config. "
                           "Restore it or use a new --workdir.") from None
@@ -119,14 +119,14 @@ def checkpoint_config(workdir: str) -> tuple[Optional[int], Optional[dict]]:
 
   Reads the meta item's JSON file (`STEP/meta/metadata`, Orbax's JsonSave layout) directly:
   cheap, and it never touches the state arrays."""
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  directory = storage.join(workdir, CHECKPOINT_DIR)
   steps = finished_steps(workdir)[::-1]
   if not steps:
     return None, None
   for step in steps:
     try:
-      with open(os.path.join(directory, str(step), META_ITEM, "metadata")) as f:
-        meta = json.load(f)
+      meta = json.loads(storage.read_text(storage.join(directory, str(step), META_ITEM,
+                                                       "metadata")))
     except (OSError, ValueError):  # a damaged step: the one before still tells the config
       continue
     if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
@@ -135,7 +135,7 @@ def checkpoint_config(workdir: str) -> tuple[Optional[int], Optional[dict]]:
 
 
 def _write_config(workdir: str, config: dict) -> None:
-  files.write_atomically(os.path.join(workdir, CONFIG_FILE),
+  files.write_atomically(storage.join(workdir, CONFIG_FILE),
                          json.dumps(config, indent=2, sort_keys=True).encode())
 
 
@@ -158,17 +158,17 @@ def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> No
       _refuse(f"The workdir {workdir} holds a checkpoint of another config", differ)
     if differ:
       log.warning("Replacing %s: the run it described saved no checkpoint.",
-                  os.path.join(workdir, CONFIG_FILE))
+                  storage.join(workdir, CONFIG_FILE))
     elif set(_flatten(recorded)) >= set(_flatten(new)):
       return
   elif ckpt_step is not None:
     if ckpt_config is None:
       raise CheckpointError(
-          f"{os.path.join(workdir, CONFIG_FILE)} is missing and the checkpoints in {workdir} "
+          f"{storage.join(workdir, CONFIG_FILE)} is missing and the checkpoints in {workdir} "
           "predate the config record in their meta, so this config cannot be checked against "
           "them. Restore config.json (or use a new --workdir).")
     log.warning("Restored the missing %s from checkpoint step %d.",
-                os.path.join(workdir, CONFIG_FILE), ckpt_step)
+                storage.join(workdir, CONFIG_FILE), ckpt_step)
   _write_config(workdir, new)
 
 
@@ -210,9 +210,15 @@ def _tuples(tree):
 
 
 def finished_steps(workdir: str) -> list[int]:
-  """Ascending steps of the finished checkpoints (a save in progress has a suffixed name)."""
-  path = os.path.join(workdir, CHECKPOINT_DIR)
-  return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+  """Ascending steps of the finished checkpoints. On a disk a save in progress has a suffixed
+  name; on an object store Orbax writes STEP/ in place and commits it with a last marker file."""
+  path = storage.join(workdir, CHECKPOINT_DIR)
+  if not storage.isdir(path):
+    return []
+  steps = sorted(int(n) for n in storage.listdir(path) if n.isdigit())
+  if storage.is_remote(path):
+    steps = [s for s in steps if storage.exists(storage.join(path, str(s), COMMIT_MARKER))]
+  return steps
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -232,7 +238,7 @@ class Checkpointer:
                read_only: bool = False):
     """read_only: for sampling and the CD teacher; nothing in the workdir is created, saved or
     deleted (a run may still be writing there)."""
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.directory = storage.absolute(storage.join(workdir, CHECKPOINT_DIR))
     if read_only:  # the values read_only needs, so Orbax has nothing to override and warn about
       options = ocp.CheckpointManagerOptions(read_only=True, max_to_keep=None, create=False,
                                              save_interval_steps=0,
@@ -240,7 +246,7 @@ class Checkpointer:
     else:
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
+    self.manager = ocp.CheckpointManager(storage.orbax_directory(self.directory), options=options,
                                          item_names=("state", META_ITEM))
 
   def latest_step(self) -> Optional[int]:
@@ -308,12 +314,12 @@ class Checkpointer:
     if jax.process_index() == 0:
       stamp = time.strftime("%Y%m%d-%H%M%S")
       for step in steps:
-        src = os.path.join(self.directory, str(step))
-        dst, n = os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}"), 1
-        while os.path.exists(dst):
-          dst, n = os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}-{n}"), n + 1
-        if os.path.isdir(src):
-          os.replace(src, dst)
+        src = storage.join(self.directory, str(step))
+        dst, n = storage.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}"), 1
+        while storage.exists(dst):
+          dst, n = storage.join(self.directory, f"{CORRUPT_PREFIX}{step}-{stamp}-{n}"), n + 1
+        if storage.isdir(src):
+          storage.move_tree(src, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("cm_jax_checkpoint_move_aside")

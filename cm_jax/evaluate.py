@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 
@@ -25,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, defaults, files, methods, progress, sampling
+from cm_jax import checkpoint, cli, defaults, files, methods, progress, sampling, storage
 from cm_jax.data import pipeline
 from cm_jax.errors import UserError
 from cm_jax.evaluation import digit_features, fid, inception, plans, two_step
@@ -165,16 +164,15 @@ def _key_id(key: dict) -> str:
 
 
 def read_results(eval_dir: str) -> list[dict]:
-  path = os.path.join(eval_dir, "results.jsonl")
-  if not os.path.isfile(path):
+  path = storage.join(eval_dir, "results.jsonl")
+  if not storage.isfile(path):
     return []
   rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:
-        continue  # a line cut short by a kill
+  for line in storage.read_text(path).splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue  # a line cut short by a kill
   return rows
 
 
@@ -187,11 +185,11 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
       print(f"  step {step} {plans.describe_plan(plan, exp.plans_in_time)}: already evaluated "
             f"(FID {row['fid']:.4f})")
       return row
-  partial = os.path.join(eval_dir, f"partial_{kid}.npz")
+  partial = storage.join(eval_dir, f"partial_{kid}.npz")
   stats = fid.FeatureStats(net.dim, net.num_logits, num, keep_features=_PR.value)
   start = 0
-  if os.path.isfile(partial):
-    with np.load(partial) as d:
+  if storage.isfile(partial):
+    with files.open_npz(partial, "the partial statistics") as d:
       stats.restore(d)
       start = int(d["next"])
     print(f"  resuming at sample {start} of {num} from {partial}")
@@ -226,10 +224,9 @@ def evaluate_plan(exp, params, step: int, plan, net, ref, eval_dir: str, num: in
   row = {**key, **summarise(stats, ref), "key_id": kid, "devices": jax.device_count(),
          "seconds": round(time.time() - t0, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
   if jax.process_index() == 0:
-    with open(os.path.join(eval_dir, "results.jsonl"), "a") as f:
-      f.write(json.dumps(row) + "\n")
-    if os.path.exists(partial):
-      os.remove(partial)
+    storage.append_text(storage.join(eval_dir, "results.jsonl"), json.dumps(row) + "\n")
+    if storage.exists(partial):
+      storage.remove(partial)
   return row
 
 
@@ -263,7 +260,7 @@ def evaluate_workdir(workdir: str) -> list[dict]:
   finally:
     ckpt.close()
   steps = select_steps(available, _CHECKPOINTS.value,
-                       os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
+                       storage.join(workdir, checkpoint.CHECKPOINT_DIR))
   if _NUM.value < 2:
     raise UserError("--num_samples must be at least 2 (a covariance needs two samples).")
   kind = _FEATURES.value or ("digits" if config.data.name == "digits" else "inception")
@@ -271,8 +268,8 @@ def evaluate_workdir(workdir: str) -> list[dict]:
   if net.channels != config.data.channels:
     raise UserError(f"{workdir} makes {config.data.channels}-channel images; the {net.name} "
                     f"features take {net.channels} (choose --features).")
-  eval_dir = os.path.join(workdir, "eval")
-  os.makedirs(eval_dir, exist_ok=True)
+  eval_dir = storage.join(workdir, "eval")
+  storage.makedirs(eval_dir)
   ref = reference(_REF.value, _REF_SAMPLES.value, net, config.data, eval_dir, keep=_PR.value)
   rows = []
   for step in steps:
@@ -286,7 +283,7 @@ def evaluate_workdir(workdir: str) -> list[dict]:
       print(f"Checkpoint {step}, {name} {how}: {_NUM.value} samples")
       rows.append(evaluate_plan(exp, params, step, plan, net, ref, eval_dir, _NUM.value))
   print(format_table(rows))
-  print(f"Results appended to {os.path.join(eval_dir, 'results.jsonl')}")
+  print(f"Results appended to {storage.join(eval_dir, 'results.jsonl')}")
   return rows
 
 

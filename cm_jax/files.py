@@ -6,10 +6,12 @@ import io
 import json
 import os
 import tempfile
+import uuid
 import zipfile
 
 import numpy as np
 
+from cm_jax import storage
 from cm_jax.errors import MissingPath, UserError
 
 
@@ -23,7 +25,11 @@ _UMASK = _read_umask()
 
 
 def write_atomically(path: str, data: bytes) -> None:
-  """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
+  """Writes `data` to a temporary file beside `path`, then renames it over `path` (on an object
+  store, one upload: the object appears whole or not at all)."""
+  if storage.is_remote(path):
+    storage.write_bytes_remote(path, data)
+    return
   folder = os.path.dirname(path) or "."
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -60,9 +66,9 @@ def check_output_dir(path: str, flag: str, shown: str = "") -> None:
   """`path` is a directory that exists or can be created, and can be written to; errors quote
   `flag`=`shown` (default: `path`)."""
   shown = shown or path
-  if "://" in path:
-    raise UserError(f"{flag}={shown}: paths with a scheme (gs://, s3://, ...) are not served yet; "
-                    "give a local or mounted path.")
+  if storage.is_remote(path):
+    _check_remote_dir(path, flag, shown)
+    return
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"{flag}={shown} is a file, not a directory: give a directory path.")
   base = _nearest_existing(path)
@@ -77,12 +83,30 @@ def check_output_dir(path: str, flag: str, shown: str = "") -> None:
                     "place.") from None
 
 
+def _check_remote_dir(path: str, flag: str, shown: str) -> None:
+  """A real write of a probe object, so a missing bucket or a missing permission fails here."""
+  storage.check(path, flag)
+  if storage.isfile(path):
+    raise UserError(f"{flag}={shown} is an object, not a folder: give a folder path.")
+  probe = storage.join(path, f".cm_jax-write-check-{uuid.uuid4().hex}")  # unique per host too
+  try:
+    storage.write_bytes_remote(probe, b"")
+    storage.remove(probe)
+  except OSError as e:
+    raise UserError(f"{flag}={shown}: cannot write there ({type(e).__name__}: {e}); check the "
+                    "bucket exists and this machine's account may write to it.") from None
+
+
 def check_output_file(path: str, flag: str, suffix: str = "") -> None:
   """`path` can be written as a file: right suffix, not a directory, writable folder."""
-  if "://" in path:
-    check_output_dir(path, flag)  # the scheme's error
   if suffix and not path.endswith(suffix):
     raise UserError(f"{flag} must name a {suffix} file, got {path!r}.")
+  if storage.is_remote(path):
+    storage.check(path, flag)
+    if storage.isdir(path):
+      raise UserError(f"{flag}={path} is an existing folder; name a file.")
+    _check_remote_dir(path.rsplit("/", 1)[0], flag, path)
+    return
   if os.path.isdir(path):
     raise UserError(f"{flag}={path} is an existing directory; name a file.")
   check_output_dir(os.path.dirname(os.path.abspath(path)), flag, shown=path)
@@ -91,12 +115,13 @@ def check_output_file(path: str, flag: str, suffix: str = "") -> None:
 def open_npz(path: str, what: str):
   """np.load of an .npz, never unpickling; a file that is not one is a UserError naming `what`
   (numpy's own message suggests allow_pickle, which a library must never advise)."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise MissingPath(f"{what} {path} does not exist.")
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise UserError(f"{what} {path} is a directory, not an .npz file.")
   try:
-    data = np.load(path, allow_pickle=False)
+    data = np.load(io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path,
+                   allow_pickle=False)
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f"{what} {path} is not a readable .npz archive of arrays "
                     f"({type(e).__name__}); write it with numpy.savez.") from None

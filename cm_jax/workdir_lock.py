@@ -9,9 +9,10 @@ refused unless the lock is stale:
 A stale lock is renamed aside first (a rename succeeds for one taker only) and its token checked,
 so two processes taking over the same stale lock cannot both win.
 
-Object stores (gs://) have no O_EXCL: their form is a create with an if-generation-match=0
-precondition, which needs the path layer of the cluster issue; until then such a workdir is
-refused by the training CLI before any lock is needed.
+On an object store (gs://) the create is an upload with an if-generation-match=0 precondition
+(storage.create_exclusive), the heartbeat rewrites the record, and a stale lock is taken over by
+re-reading it and deleting it only when it is still the stale holder's (then the exclusive create
+decides between racing takers).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import time
 import uuid
 from typing import Optional
 
+from cm_jax import storage
 from cm_jax.errors import WorkdirBusy
 
 LOCK_FILE = "lock.json"
@@ -54,7 +56,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str, command: str = "cm_jax.train", *,
                heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S):
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = storage.join(workdir, LOCK_FILE)
     self.command, self.heartbeat_s, self.stale_s = command, heartbeat_s, stale_s
     self.record = {"host": socket.gethostname(), "pid": os.getpid(),
                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
@@ -65,8 +67,7 @@ class WorkdirLock:
   def _read(self) -> Optional[dict]:
     """The holder's record; {} when the file exists but is not (yet) readable JSON."""
     try:
-      with open(self.path) as f:
-        return json.load(f)
+      return json.loads(storage.read_text(self.path))
     except FileNotFoundError:
       return None
     except (OSError, ValueError):
@@ -74,7 +75,7 @@ class WorkdirLock:
 
   def _age(self) -> float:
     try:
-      return time.time() - os.stat(self.path).st_mtime
+      return time.time() - storage.mtime(self.path)
     except FileNotFoundError:
       return 0.0
 
@@ -87,18 +88,16 @@ class WorkdirLock:
     return None
 
   def _try_create(self) -> bool:
-    try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(self.record, f)
-      f.flush()
-      os.fsync(f.fileno())
-    return True
+    return storage.create_exclusive(self.path, json.dumps(self.record).encode())
 
   def _take_over(self, holder: dict) -> bool:
     """Moves a stale lock aside; False when another process changed it meanwhile."""
+    if storage.is_remote(self.path):
+      current = self._read()
+      if current is None or (holder and current.get("token") != holder.get("token")):
+        return False
+      storage.remove(self.path)
+      return True
     aside = f"{self.path}.stale-{self.record['token']}"
     try:
       os.rename(self.path, aside)
@@ -148,7 +147,10 @@ class WorkdirLock:
     def beat():
       while not self._stop.wait(self.heartbeat_s):
         try:
-          os.utime(self.path)
+          if storage.is_remote(self.path):
+            storage.write_bytes_remote(self.path, json.dumps(self.record).encode())
+          else:
+            os.utime(self.path)
         except OSError as e:
           log.error("Cannot refresh the workdir lock %s (%s); another writer may take over.",
                     self.path, e)
@@ -162,7 +164,7 @@ class WorkdirLock:
       self._thread = None
     holder = self._read()
     if holder and holder.get("token") == self.record["token"]:
-      os.unlink(self.path)
+      storage.remove(self.path)
     elif holder is not None:
       log.warning("The workdir lock %s was taken over by %s while this run held it.", self.path,
                   describe(holder))

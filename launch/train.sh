@@ -201,9 +201,8 @@ tpu)
   # Every worker runs the same command and must see the same workdir (checkpoints, config.json,
   # logs): a relative path would resolve on each worker's own disk.
   case "$workdir" in
-    gs://*) die "--workdir=$workdir: cm_jax does not write to gs:// yet; mount the bucket on every worker (gcsfuse, docs/scaling.md) and give the mount's path, e.g. --workdir=/mnt/bucket/runs/NAME" ;;
-    /*) ;;
-    *) die "--tpu needs a workdir every worker shares: an absolute path on a shared mount (gcsfuse, Filestore), e.g. --workdir=/mnt/bucket/runs/NAME; '$workdir' would resolve on each worker's own disk" ;;
+    gs://*|/*) ;;
+    *) die "--tpu needs a workdir every worker shares: gs://BUCKET/runs/NAME or an absolute path on a shared mount (Filestore, gcsfuse); '$workdir' would resolve on each worker's own disk" ;;
   esac
   if ((!dry_run)); then
     command -v gcloud > /dev/null || die "--tpu needs the gcloud CLI (https://cloud.google.com/sdk/docs/install), logged in with 'gcloud auth login'"
@@ -232,9 +231,19 @@ tpu)
     [[ -n "${!name:-}" ]] && envs+=("$name=${!name}")
   done
   worker='$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number || hostname)'
-  log="$(quoted "$logdir")/worker-\$w.log"
   train="env $(quoted "${envs[@]}") .venv/bin/python $(quoted "${train_cmd[@]}")"
-  remote="set -o pipefail; cd $remote_dir && mkdir -p $(quoted "$logdir") && w=$worker && if [ \"\$w\" = 0 ]; then $train 2>&1 | tee $log; else $train > $log 2>&1; fi"
+  if [[ "$workdir" == gs://* ]]; then
+    # No shell redirection reaches a bucket: each worker logs to its own disk, and the log is
+    # copied to the workdir when the run ends (whatever its exit status, which is kept).
+    log="logs/worker-\$w.log"
+    upload="; rc=\$?; .venv/bin/python -m cm_jax.storage put $log $(quoted "$logdir")/worker-\$w.log; exit \$rc"
+    logs_at="logs"
+  else
+    log="$(quoted "$logdir")/worker-\$w.log"
+    upload=""
+    logs_at="$(quoted "$logdir")"
+  fi
+  remote="set -o pipefail; cd $remote_dir && mkdir -p $logs_at && w=$worker && if [ \"\$w\" = 0 ]; then $train 2>&1 | tee $log; else $train > $log 2>&1; fi$upload"
   if ((dry_run)); then
     echo "$(quoted gcloud compute tpus tpu-vm ssh "$tpu" "${where[@]}" "--command=$remote")"
   else

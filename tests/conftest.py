@@ -20,3 +20,13 @@ def isolated_caches(tmp_path_factory):
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A local GCS emulator with one bucket (tests/helpers/gcs_emulator.py); yields the bucket's
+  gs:// root. The variables that point clients at it are set for the session's remainder of
+  this fixture and inherited by test subprocesses."""
+  from tests.helpers import gcs_emulator
+  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs") / "server.log")):
+    yield f"gs://{gcs_emulator.BUCKET}"

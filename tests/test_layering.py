@@ -12,8 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 LAYERS = [
     # base: errors, file and image I/O, devices, flag helpers, weight files, config defaults
-    ("base", ["cm_jax.errors", "cm_jax.files", "cm_jax.images", "cm_jax.parallel", "cm_jax.cli",
-              "cm_jax.progress",
+    ("base", ["cm_jax.errors", "cm_jax.storage", "cm_jax.files", "cm_jax.images",
+              "cm_jax.parallel", "cm_jax.cli", "cm_jax.progress",
               "cm_jax.weight_store", "cm_jax.workdir_lock", "cm_jax.defaults"]),
     # the mathematics: noise levels, ODEs, samplers, TrigFlow, the flow path, editing
     ("maths", ["cm_jax.karras", "cm_jax.ode", "cm_jax.sampling", "cm_jax.trigflow",

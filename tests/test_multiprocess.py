@@ -178,10 +178,17 @@ def test_dry_run_prints_tpu_and_slurm_commands():
   assert "| tee /mnt/shared/run/logs/worker-$w.log; else" in run[0]
   assert "> /mnt/shared/run/logs/worker-$w.log 2>&1; fi" in run[0]
   # A workdir the workers do not share is refused before anything runs.
-  for bad, says in (("runs/x", "would resolve on each worker's own disk"),
-                    ("gs://b/run", "does not write to gs:// yet")):
-    out = run_launcher("--dry_run", "--tpu=pod", "--zone=z", f"--workdir={bad}")
-    assert out.returncode == 2 and says in out.stderr and not out.stdout.strip(), out
+  out = run_launcher("--dry_run", "--tpu=pod", "--zone=z", "--workdir=runs/x")
+  assert out.returncode == 2 and "would resolve on each worker's own disk" in out.stderr, out
+  assert not out.stdout.strip(), out
+  # A gs:// workdir: each worker logs on its own disk and copies the log into the bucket at the
+  # end, keeping the run's exit status.
+  out = run_launcher("--dry_run", "--tpu=pod", "--zone=z", "--workdir=gs://b/run")
+  assert out.returncode == 0, out.stderr
+  run = [l for l in out.stdout.splitlines() if "cm_jax.train" in l]
+  assert "--workdir=gs://b/run" in run[0] and "| tee logs/worker-$w.log; else" in run[0], run
+  assert ("; rc=$?; .venv/bin/python -m cm_jax.storage put logs/worker-$w.log "
+          "gs://b/run/logs/worker-$w.log; exit $rc") in run[0], run
 
   out = run_launcher("--dry_run", "--slurm", "--gpus_per_node=8", "--nodes=2",
                      "--workdir=/shared/r", "--", "--config.train.batch_size=256",

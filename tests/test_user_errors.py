@@ -38,7 +38,7 @@ def _probes(root, w):
        "the config file configs/nope.py does not exist"),
       (["cm_jax.train", f"--config={ICT}", f"--workdir={root}/a_file"], "is a file"),
       (["cm_jax.train", f"--config={ICT}", f"--workdir={UNWRITABLE}/run"], "cannot write in"),
-      (["cm_jax.train", f"--config={ICT}", "--workdir=gs://bucket/run"], "not served yet"),
+      (["cm_jax.train", f"--config={ICT}", "--workdir=s3://bucket/run"], "s3:// scheme is not served"),
       (["cm_jax.train", f"--config={ICT}"], "--workdir is required"),
       (["cm_jax.sample", f"--workdir={w}", f"--out={UNWRITABLE}/x.npz"], "cannot write in"),
       (["cm_jax.sample", f"--workdir={w}", f"--out={root}/taken.npz"], "existing directory"),

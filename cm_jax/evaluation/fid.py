@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from cm_jax import files as file_io
-from cm_jax import parallel, progress
+from cm_jax import parallel, progress, storage
 from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import inception
 from cm_jax.evaluation.frechet import RunningStats, frechet_distance  # noqa: F401 (re-export)
@@ -332,9 +332,9 @@ def reference_from_dataset(data_config, split: str, net: FeatureNet, cache_dir: 
   from cm_jax import sampling
   from cm_jax.data import pipeline, sources
   name = (f"reference_{data_config.name}_r{data_config.resolution}_{split}_{net.name}.npz")
-  path = os.path.join(cache_dir, name) if cache_dir else None
-  if path and os.path.isfile(path) and not keep_features:
-    with np.load(path) as d:
+  path = storage.join(cache_dir, name) if cache_dir else None
+  if path and storage.isfile(path) and not keep_features:
+    with file_io.open_npz(path, "the cached reference statistics") as d:
       if d["mu"].shape == (net.dim,):
         return Reference(d["mu"], d["sigma"], f"{data_config.name}:{split}")
   source = sources.open_source(data_config, split)

@@ -5,27 +5,25 @@ checkpoints as WORKDIR/eval/two_step_sigma.json for `python -m cm_jax.sample --s
 from __future__ import annotations
 
 import json
-import os
 from typing import Callable
 
-from cm_jax import files
+from cm_jax import files, storage
 from cm_jax.errors import UserError
 
 FILE = "two_step_sigma.json"
 
 
 def path(workdir: str) -> str:
-  return os.path.join(workdir, "eval", FILE)
+  return storage.join(workdir, "eval", FILE)
 
 
 def load(workdir: str) -> dict | None:
   """The search's result, or None when no search was run (or the file is unreadable)."""
   p = path(workdir)
-  if not os.path.isfile(p):
+  if not storage.isfile(p):
     return None
   try:
-    with open(p) as f:
-      found = json.load(f)
+    found = json.loads(storage.read_text(p))
     float(found["sigma"])
     return found
   except (OSError, ValueError, KeyError, TypeError):

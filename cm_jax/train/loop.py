@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cm_jax import checkpoint, data, files, images, methods, parallel, workdir_lock
+from cm_jax import (checkpoint, data, files, images, methods, parallel, storage,
+                    workdir_lock)
 from cm_jax.errors import Diverged, UserError
 from cm_jax.train import metrics as metrics_lib
 from cm_jax.train import teacher as teacher_lib
@@ -158,9 +159,9 @@ def save_grid(exp: Experiment, params, workdir: str, step: int, writer) -> str:
     return ""
   samples = exp.generate(params, exp.default_plan(), n, seed=0)
   grid = images.make_grid(samples)
-  path = os.path.join(workdir, "samples", f"grid_step{step:07d}.png")
+  path = storage.join(workdir, "samples", f"grid_step{step:07d}.png")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    storage.makedirs(os.path.dirname(path))
     images.save_png(path, grid, scale=4)
     writer.write_images(step, {"samples/" + ("ode" if exp.is_denoiser else "1step"): grid})
   return path
@@ -217,8 +218,8 @@ def _claim_workdir(workdir: str, config: ml_collections.ConfigDict):
       raise UserError(f"Process 0 refused the workdir: {error}")
     yield
     return
-  created = not os.path.exists(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  created = not storage.exists(workdir)
+  storage.makedirs(workdir)
   lock = workdir_lock.WorkdirLock(workdir, "cm_jax.train")
   try:
     lock.acquire()
@@ -228,8 +229,8 @@ def _claim_workdir(workdir: str, config: ml_collections.ConfigDict):
       lock.release()
       raise
   except BaseException as e:  # the other processes wait for a verdict: always give one
-    if created and not os.listdir(workdir):
-      os.rmdir(workdir)
+    if created and storage.isdir(workdir) and not storage.listdir(workdir):
+      storage.remove_empty_dir(workdir)
     parallel.from_process_0(name, str(e) or type(e).__name__)
     raise
   parallel.from_process_0(name, "")
@@ -270,8 +271,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
              num_steps, workdir)
     return {"workdir": workdir, "start_step": start, "preempted": None, "complete": True,
             "step": start, "checkpoint_dir": ckpt.directory, "state": state, "experiment": exp}
-  writer = metrics_lib.MetricWriter(os.path.join(workdir, "tensorboard"),
-                                    os.path.join(workdir, METRICS_FILE), start_step=start)
+  writer = metrics_lib.MetricWriter(storage.join(workdir, "tensorboard"),
+                                    storage.join(workdir, METRICS_FILE), start_step=start)
   if start == 0:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     writer.write_hparams({**checkpoint.flat_config(config),

@@ -14,7 +14,7 @@ import os
 import jax
 import numpy as np
 
-from cm_jax import cli, data, files, images
+from cm_jax import cli, data, files, images, storage
 from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import digit_features, plans
 from cm_jax.train import restore
@@ -81,8 +81,8 @@ def final_report(summary: dict) -> dict:
   gap = np.full((blocks[0].shape[0], 4, blocks[0].shape[2]), 255, np.uint8)
   joined = [b for block in blocks for b in (block, gap)][:-1]
   name = "_".join(k.replace("-", "") for k in samples)
-  grid_path = os.path.join(workdir, "samples", f"final_{name}_step{step:07d}.png")
-  os.makedirs(os.path.dirname(grid_path), exist_ok=True)
+  grid_path = storage.join(workdir, "samples", f"final_{name}_step{step:07d}.png")
+  storage.makedirs(os.path.dirname(grid_path))
   images.save_png(grid_path, np.concatenate(joined, axis=1), scale=4)
   print(format_table(results))
   print(f"Samples (left to right: {', '.join(samples)}): {grid_path}\nScores: {json_path}")
@@ -90,7 +90,7 @@ def final_report(summary: dict) -> dict:
 
 
 def scores_path(workdir: str, step: int) -> str:
-  return os.path.join(workdir, "eval", f"digits_quality_step{step:07d}.json")
+  return storage.join(workdir, "eval", f"digits_quality_step{step:07d}.json")
 
 
 def write_scores(workdir: str, step: int, method: str, results: dict) -> str:
@@ -101,34 +101,31 @@ def write_scores(workdir: str, step: int, method: str, results: dict) -> str:
 
 def latest_scores(workdir: str) -> dict:
   """The newest digits_quality_step*.json of a workdir."""
-  eval_dir = os.path.join(workdir, "eval")
-  names = sorted(n for n in os.listdir(eval_dir) if n.startswith("digits_quality_step")) \
-      if os.path.isdir(eval_dir) else []
+  eval_dir = storage.join(workdir, "eval")
+  names = sorted(n for n in storage.listdir(eval_dir) if n.startswith("digits_quality_step")) \
+      if storage.isdir(eval_dir) else []
   if not names:
     raise MissingPath(f"No digits_quality_step*.json in {eval_dir}: train to the end first.")
-  with open(os.path.join(eval_dir, names[-1])) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(storage.join(eval_dir, names[-1])))
 
 
 def checkpoint_scores(workdir: str, step: int) -> dict:
   """The scores of checkpoint `step` of a (digits) workdir: cached in its eval/ as the end-of-run
   report writes them, else computed from that checkpoint's EMA weights (read-only restore)."""
   path = scores_path(workdir, step)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     config = restore.workdir_config(workdir)
     exp, state, _ = restore.restore_state(workdir, config, step)
     results, _ = score_digits(exp, state.ema_params, int(config.eval.num_samples))
     write_scores(workdir, step, config.method, results)
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def _teacher(workdir: str) -> str:
-  path = os.path.join(workdir, "config.json")
+  path = storage.join(workdir, "config.json")
   teacher = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      teacher = json.load(f).get("teacher", "")
+  if storage.exists(path):
+    teacher = json.loads(storage.read_text(path)).get("teacher", "")
   return f"`{os.path.basename(os.path.normpath(teacher))}`" if teacher else "-"
 
 

@@ -5,13 +5,12 @@ Nothing in the workdir is written, so a run may still be training there.
 from __future__ import annotations
 
 import copy
-import os
 from typing import Optional
 
 import ml_collections
 from jax.sharding import Mesh
 
-from cm_jax import checkpoint
+from cm_jax import checkpoint, storage
 from cm_jax.errors import MissingPath
 from cm_jax.train.experiment import Experiment
 from cm_jax.train.state import TrainState
@@ -19,9 +18,10 @@ from cm_jax.train.state import TrainState
 
 def workdir_config(workdir: str, what: str = "--workdir") -> ml_collections.ConfigDict:
   """The config a workdir was trained with; `what` names the workdir in errors."""
-  if not os.path.exists(workdir):
+  storage.check(workdir, what)
+  if not storage.exists(workdir):
     raise MissingPath(f"{what} {workdir} does not exist.")
-  if not os.path.isdir(workdir):
+  if not storage.isdir(workdir):
     raise MissingPath(f"{what} {workdir} is a file, not a training workdir (a directory with "
                       "config.json and checkpoints/).")
   return checkpoint.load_config(workdir)

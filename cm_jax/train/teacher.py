@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from typing import Any, Optional
 
 import jax
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from cm_jax import checkpoint, methods, parallel
+from cm_jax import checkpoint, methods, parallel, storage
 from cm_jax.errors import UserError
 from cm_jax.train import restore
 from cm_jax.train.experiment import Experiment
@@ -118,7 +117,7 @@ def load(config: ml_collections.ConfigDict, teacher_config: ml_collections.Confi
         f" This run was distilled from step {step} of the teacher {recorded['workdir']}; put "
         "that checkpoint back to resume, or start a new --workdir.")
     raise checkpoint.CheckpointError(f"{_WHAT}: {e}{again}") from e
-  teacher = Teacher(workdir=os.path.abspath(path), step=int(state.step), params=state.params,
+  teacher = Teacher(workdir=storage.absolute(path), step=int(state.step), params=state.params,
                     ema_params=state.ema_params, fingerprint=fingerprint(state.ema_params))
   if recorded is not None and teacher.fingerprint != recorded["fingerprint"]:
     raise checkpoint.CheckpointError(

@@ -1,0 +1,140 @@
+"""gs:// paths against a local GCS emulator (tests/helpers/gcs_emulator.py): the path layer's
+object-store forms (atomic write, append, exclusive create, move, listings), the workdir lock,
+Orbax's commit marker, and the training, sampling and evaluation CLIs on a gs:// workdir."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cm_jax import checkpoint, files, storage, workdir_lock
+from cm_jax.errors import UserError, WorkdirBusy
+from tests import REPO_ROOT
+from tests.cli_runner import restore, run_cli, train
+
+
+def test_path_layer_object_store_forms(gcs):
+  root = f"{gcs}/layer"
+  files.write_json_atomically(storage.join(root, "a", "x.json"), {"k": 1})
+  assert json.loads(storage.read_text(f"{root}/a/x.json")) == {"k": 1}
+  assert storage.isdir(f"{root}/a") and storage.isfile(f"{root}/a/x.json")
+  assert not storage.exists(f"{root}/nothing") and storage.listdir(f"{root}/a") == ["x.json"]
+  with pytest.raises(FileNotFoundError):
+    storage.listdir(f"{root}/nothing")
+  # No append on an object store: both lines are kept all the same.
+  storage.append_text(f"{root}/r.jsonl", "1\n")
+  storage.append_text(f"{root}/r.jsonl", "2\n")
+  assert storage.read_text(f"{root}/r.jsonl") == "1\n2\n"
+  # The exclusive create has one winner.
+  assert storage.create_exclusive(f"{root}/lock", b"first")
+  assert not storage.create_exclusive(f"{root}/lock", b"second")
+  assert storage.read_bytes(f"{root}/lock") == b"first"
+  with pytest.raises(FileExistsError):  # the precondition itself, for a creator that raced past
+    storage._gcs().pipe_file(f"{root}/lock", b"late", mode="create")  # the exists() check
+  storage.move_tree(f"{root}/a", f"{root}/b")
+  assert not storage.exists(f"{root}/a/x.json") and storage.listdir(f"{root}/b") == ["x.json"]
+  files.write_npz_atomically(f"{root}/s.npz", arr_0=np.arange(6, dtype=np.uint8))
+  with files.open_npz(f"{root}/s.npz", "samples") as d:
+    np.testing.assert_array_equal(d["arr_0"], np.arange(6))
+  files.check_output_dir(f"{root}/out", "--workdir")
+  files.check_output_file(f"{root}/out/s.npz", "--out", ".npz")
+  with pytest.raises(UserError, match="is an object, not a folder"):
+    files.check_output_dir(f"{root}/lock", "--workdir")
+  with pytest.raises(UserError, match="cannot write there"):
+    files.check_output_dir("gs://no-such-bucket/run", "--workdir")
+  with pytest.raises(UserError, match="names no bucket"):
+    storage.check("gs:///run", "--workdir")
+  with pytest.raises(UserError, match="s3:// scheme is not served"):
+    files.check_output_dir("s3://b/run", "--workdir")
+
+
+
+def test_launcher_log_upload(gcs, tmp_path):
+  log = tmp_path / "worker-0.log"
+  log.write_text("trained\n")
+  assert storage._main(["put", str(log), f"{gcs}/logs/worker-0.log"]) == 0
+  assert storage.read_text(f"{gcs}/logs/worker-0.log") == "trained\n"
+  assert storage._main(["put", str(log)]) == 2
+
+
+def test_workdir_lock_on_gcs(gcs):
+  workdir = f"{gcs}/locked"
+  first = workdir_lock.WorkdirLock(workdir)
+  first.acquire()
+  with pytest.raises(WorkdirBusy, match="is in use by pid"):
+    workdir_lock.WorkdirLock(workdir).acquire()
+  first.release()
+  assert not storage.exists(storage.join(workdir, workdir_lock.LOCK_FILE))
+  # A lock another host stopped refreshing is taken over.
+  dead = {"host": "gone-host", "pid": 1, "started": "-", "command": "x", "token": "t0"}
+  storage.write_bytes_remote(storage.join(workdir, workdir_lock.LOCK_FILE),
+                             json.dumps(dead).encode())
+  taker = workdir_lock.WorkdirLock(workdir, stale_s=0.0)
+  taker.acquire()
+  held = json.loads(storage.read_text(storage.join(workdir, workdir_lock.LOCK_FILE)))
+  assert held["token"] == taker.record["token"]
+  taker.release()
+
+
+def test_an_uncommitted_step_is_not_a_checkpoint(gcs):
+  workdir = f"{gcs}/steps"
+  ckpts = storage.join(workdir, checkpoint.CHECKPOINT_DIR)
+  storage.write_bytes_remote(f"{ckpts}/2/{checkpoint.COMMIT_MARKER}", b"")
+  storage.write_bytes_remote(f"{ckpts}/2/state/x", b"1")
+  storage.write_bytes_remote(f"{ckpts}/4/state/x", b"1")  # a save still being written
+  assert checkpoint.finished_steps(workdir) == [2]
+
+
+def _objects(prefix: str) -> list[str]:
+  fs = storage._fs(prefix)
+  return sorted(p[len(prefix[len("gs://"):]) + 1:] for p in fs.find(prefix))
+
+
+@pytest.mark.slow
+def test_train_resume_sample_evaluate_on_a_gs_workdir(gcs, tmp_path):
+  config = "configs/digits.py:method=ict,runlocal"
+  workdir = f"{gcs}/run"
+  train(tmp_path / "local", config)
+  train(workdir, config)
+  names = _objects(workdir)
+  for name in ("config.json", "metrics.jsonl", "checkpoints/2/commit_success.txt",
+               "checkpoints/4/commit_success.txt", "samples/grid_step0000004.png",
+               "eval/digits_quality_step0000004.json"):
+    assert name in names, names
+  assert any(n.startswith("tensorboard/events.out.tfevents.") for n in names), names
+  assert "lock.json" not in names
+
+  # A damaged newest step: the same command falls back to step 2, moves step 4 aside in the
+  # bucket, trains on, and ends where the uninterrupted local run ended.
+  storage.remove(f"{workdir}/checkpoints/4/state/manifest.ocdbt")
+  out = train(workdir, config)
+  assert "damaged step(s) 4" in out.stderr, out.stderr[-3000:]
+  assert any(n.startswith("checkpoints/corrupt-4-") for n in _objects(workdir))
+  assert checkpoint.finished_steps(workdir) == [2, 4]
+  local_state, _ = restore(tmp_path / "local")
+  remote_state, _ = restore(workdir)
+  for a, b in zip(*(jax_leaves(s) for s in (local_state, remote_state))):
+    np.testing.assert_array_equal(a, b)
+  rows = [json.loads(l) for l in storage.read_text(f"{workdir}/metrics.jsonl").splitlines()]
+  assert [r["step"] for r in rows] == [2, 4], rows
+
+  out_npz = f"{gcs}/out/samples.npz"
+  run_cli("cm_jax.sample", f"--workdir={workdir}", "--num_samples=8", f"--out={out_npz}")
+  with np.load(io.BytesIO(storage.read_bytes(out_npz))) as d:
+    assert d["arr_0"].shape == (8, 16, 16, 1) and d["arr_0"].dtype == np.uint8
+
+  args = ("--num_samples=16", "--batch_size=16", "--ref=data:test")
+  run_cli("cm_jax.evaluate", f"--workdir={workdir}", "--steps=1", *args)
+  run_cli("cm_jax.evaluate", f"--workdir={workdir}", "--steps=2", *args)
+  results = [json.loads(l) for l in
+             storage.read_text(f"{workdir}/eval/results.jsonl").splitlines()]
+  assert [r["nfe"] for r in results] == [1, 2], results
+  # Nothing went to a local folder named after the scheme.
+  assert not os.path.exists(os.path.join(REPO_ROOT, "gs:"))
+
+
+def jax_leaves(state):
+  import jax
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(
+      (state.params, state.ema_params, state.opt_state, state.step))]
