@@ -138,3 +138,25 @@ def jax_leaves(state):
   import jax
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(
       (state.params, state.ema_params, state.opt_state, state.step))]
+
+
+def test_metrics_upload_failure_is_retried(gcs, monkeypatch, caplog):
+  from cm_jax.train import metrics
+  workdir = f"{gcs}/metrics"
+  writer = metrics.MetricWriter(f"{workdir}/tensorboard", f"{workdir}/metrics.jsonl")
+  real = storage.upload
+
+  def failing(local, remote):
+    raise OSError("503 from the store")
+
+  monkeypatch.setattr(storage, "upload", failing)
+  writer.write_scalars(1, {"loss": 1.0})
+  assert "Could not upload the metrics" in caplog.text
+  assert not storage.exists(f"{workdir}/metrics.jsonl")
+  monkeypatch.setattr(storage, "upload", real)
+  writer.write_scalars(2, {"loss": 0.5})
+  writer.close()
+  rows = [json.loads(l) for l in storage.read_text(f"{workdir}/metrics.jsonl").splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]
+  events = storage.listdir(f"{workdir}/tensorboard")
+  assert any(n.startswith("events.out.tfevents.") for n in events), events

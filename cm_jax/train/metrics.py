@@ -84,12 +84,18 @@ class MetricWriter:
       self._upload()
 
   def _upload(self) -> None:
-    for local, remote in self._uploads:
-      if os.path.isdir(local):
-        for name in os.listdir(local):
-          storage.upload(os.path.join(local, name), storage.join(remote, name))
-      else:
-        storage.upload(local, remote)
+    """A failed upload (a transient object-store error) is a warning, not the end of a long run:
+    the staged files are whole, and the next logged step uploads them again."""
+    try:
+      for local, remote in self._uploads:
+        if os.path.isdir(local):
+          for name in os.listdir(local):
+            storage.upload(os.path.join(local, name), storage.join(remote, name))
+        else:
+          storage.upload(local, remote)
+    except OSError as e:
+      log.warning("Could not upload the metrics to %s (%s: %s); retrying at the next log step.",
+                  self._uploads[0][1], type(e).__name__, e)
 
   def close(self) -> None:
     if self._active:
