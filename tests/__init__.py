@@ -8,11 +8,18 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # an earlier subprocess compiled loads them instead (a digits training run: ~90 s -> ~22 s).
 CACHE_VAR = "CM_JAX_TEST_COMPILATION_CACHE"
 
+# jax reads it at import; conftest.py sets it for the suite (tests compile small programs once).
+UNOPTIMIZED_VAR = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 
-def subprocess_env(devices: int = 1, compilation_cache: bool = True, **extra: str) -> dict:
+
+def subprocess_env(devices: int = 1, compilation_cache: bool = True, optimized: bool = False,
+                   **extra: str) -> dict:
   """The environment of a test subprocess. compilation_cache=False for runs of several processes
-  under jax.distributed: the cache is kept to single-process runs."""
+  under jax.distributed: the cache is kept to single-process runs. optimized=True for a run whose
+  time is execution (many training steps): XLA then optimises as it does for users."""
   env = dict(os.environ)
+  if optimized:
+    env.pop(UNOPTIMIZED_VAR, None)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   if compilation_cache and env.get(CACHE_VAR):
     env["JAX_COMPILATION_CACHE_DIR"] = env[CACHE_VAR]

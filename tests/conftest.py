@@ -1,9 +1,44 @@
-"""Session-wide fixtures: one offline TFDS dir and one feature-net cache for every test."""
+"""Session-wide set-up: unoptimised compiles, one offline TFDS dir and one feature-net cache for
+every test, and an order that lets the xdist workers finish together."""
 import os
 
 import pytest
 
-from tests import CACHE_VAR
+from tests import CACHE_VAR, UNOPTIMIZED_VAR
+
+# Most tests run small programs once: XLA's optimisation passes cost more than they save (Flax's
+# example tests do the same). Set before jax is imported, so this process and every subprocess
+# (subprocess_env keeps it unless asked for optimised compiles) read it.
+os.environ.setdefault(UNOPTIMIZED_VAR, "1")
+
+# Modules that take minutes, longest first: scheduled first so that no worker starts one of them
+# when the others are nearly done. Only the order changes; a module missing here runs later.
+LONGEST_FIRST = (
+    "test_default_recipe.py", "test_multiprocess.py", "test_parallel.py", "test_distill_cli.py",
+    "test_gcs.py", "test_preemption.py", "test_bench.py", "test_bench_gpu_script.py",
+    "test_convert_release_cli.py", "test_fsdp.py", "test_checkpoint_recovery.py",
+    "test_user_errors.py", "test_meanflow_cli.py", "test_ncsnpp.py", "test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept
+
+
+@pytest.fixture(autouse=True)
+def optimized_compiles(request):
+  """Tests marked `optimized` (their time is execution, not compilation) compile with XLA's
+  optimisations in this process; their subprocesses ask subprocess_env(optimized=True)."""
+  if request.node.get_closest_marker("optimized") is None:
+    yield
+    return
+  import jax
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", os.environ.get(UNOPTIMIZED_VAR) == "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,6 +19,7 @@ ONE_STEP_THRESHOLD = 10.0
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # 2000 training steps: the run users get
 def test_default_run_loss_falls_and_one_step_samples_are_digits(tmp_path):
   config = digits.get_config("method=ict")
   steps = int(config.train.num_steps)
