@@ -145,8 +145,7 @@ def run_batched(exp: Experiment, fn: Callable, params, rows: Sequence[Optional[n
   row and trimming changes nothing. Returns float32 [N, ...].
   """
   size = parallel.device_batch_size(batch_size, len(rows[0]), exp.mesh)
-  repl, data = parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)
-  run = jax.jit(fn, in_shardings=(repl,) + (data,) * len(rows), out_shardings=data)
+  run = parallel.over_rows(fn, exp.mesh)
   return parallel.map_in_batches(lambda *batch: run(params, *batch), rows, size,
                                  progress="editing")
 
@@ -244,6 +243,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup_logging()
   with cli.user_errors_exit():
+    parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
     task = _TASK.value
     files.check_output_file(FLAGS.out, "--out", ".npz")
     if FLAGS.grid:

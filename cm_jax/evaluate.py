@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import checkpoint, cli, defaults, files, methods, progress, sampling, storage
+from cm_jax import (checkpoint, cli, defaults, files, methods, parallel, progress, sampling,
+                    storage)
 from cm_jax.data import pipeline
 from cm_jax.errors import UserError
 from cm_jax.evaluation import digit_features, fid, inception, plans, two_step
@@ -328,6 +329,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup_logging()
   with cli.user_errors_exit():
+    parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
     if bool(_WORKDIR.value) == bool(_SAMPLES.value):
       raise UserError("Give --workdir=W (sample and evaluate its checkpoints) or --samples=S.npz "
                       "(evaluate a sample file), not both or neither.")

@@ -194,6 +194,32 @@ def to_global(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def over_rows(fn, mesh: Mesh, num_fixed: int = 1):
+  """fn(*fixed, *rows) jitted with the `num_fixed` leading arguments replicated and the rest
+  (row batches; None passes through) split over every device of the mesh.
+
+  Host row batches become global arrays (jit takes no host arrays for a mesh that spans
+  processes: every process passes the same rows and computes only its devices' share), and the
+  outputs come back replicated, so every process reads the whole batch.
+  """
+  repl, data = replicated(mesh), batch_sharding(mesh)
+  jitted = {}  # by the number of row arguments (in_shardings must match it)
+
+  def call(*args):
+    fixed, rows = args[:num_fixed], args[num_fixed:]
+    if len(rows) not in jitted:
+      jitted[len(rows)] = jax.jit(fn, in_shardings=(repl,) * num_fixed + (data,) * len(rows),
+                                  out_shardings=repl)
+    rows = [r if r is None or isinstance(r, jax.Array) else to_global(r, data) for r in rows]
+    return jitted[len(rows)](*fixed, *rows)
+  return call
+
+
+def to_global_tree(tree: Any, sharding: NamedSharding) -> Any:
+  """`to_global` for every leaf of a tree every process holds in full (weights)."""
+  return jax.tree.map(lambda a: to_global(np.asarray(a), sharding), tree)
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh, grad_accum: int = 1) -> None:
   devices, processes = mesh.devices.size, jax.process_count()
   if grad_accum < 1:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cm_jax import cli, files, images, karras, sampling
+from cm_jax import cli, files, images, karras, parallel, sampling
 from cm_jax.errors import UserError
 from cm_jax.evaluation import plans, two_step
 from cm_jax import api
@@ -157,6 +157,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup_logging()
   with cli.user_errors_exit():
+    parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
     if _NUM.value < 1:
       raise UserError("--num_samples must be at least 1.")
     if _BATCH.value < 1:

@@ -5,6 +5,9 @@
 #
 #   bash launch/train.sh [TARGET] [--dry_run] [--config=configs/X.py:method=M] [--workdir=DIR]
 #                        [--config.a.b=v ...] [-- more args for python -m cm_jax.train]
+#   bash launch/train.sh [TARGET] --cli=sample|evaluate|edit [--workdir=DIR] [its flags ...]
+#        runs that CLI instead of training, the same way on every process (multi-host sampling,
+#        FID and editing: each process computes its devices' share, process 0 writes).
 # TARGET (default: one local process over every local device):
 #   --num_processes=K [--cpu_devices=D | --gpus_per_process=G] [--coordinator_port=P]
 #        K processes on this machine, jax.distributed over localhost (CPU: gloo collectives);
@@ -32,8 +35,9 @@ repo_root="$(pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
 
-config="configs/digits.py:method=ict"
-workdir="runs/digits_ict"
+config="configs/digits.py:method=ict"; config_given=0
+workdir="runs/digits_ict"; workdir_given=0
+cli_name="train"
 target=""; dry_run=0
 num_processes=""; cpu_devices=""; gpus_per_process=""; coordinator_port=""
 tpu=""; zone=""; project=""; gpus_per_node=""; nodes=""
@@ -42,8 +46,9 @@ while (($#)); do
   arg="$1"; shift
   case "$arg" in
     --) args+=("$@"); break ;;
-    --config=*) config="${arg#--config=}" ;;
-    --workdir=*) workdir="${arg#--workdir=}" ;;
+    --config=*) config="${arg#--config=}"; config_given=1 ;;
+    --workdir=*) workdir="${arg#--workdir=}"; workdir_given=1 ;;
+    --cli=*) cli_name="${arg#--cli=}" ;;
     --dry_run|--dry-run) dry_run=1 ;;
     --num_processes=*) num_processes="${arg#*=}"; target="${target:+$target,}local" ;;
     --cpu_devices=*) cpu_devices="${arg#*=}" ;;
@@ -55,7 +60,7 @@ while (($#)); do
     --tpu=*) tpu="${arg#*=}"; target="${target:+$target,}tpu" ;;
     --zone=*) zone="${arg#*=}" ;;
     --project=*) project="${arg#*=}" ;;
-    --num_processes|--cpu_devices|--gpus_per_process|--coordinator_port|--gpus_per_node|--nodes|--tpu|--zone|--project|--config|--workdir)
+    --num_processes|--cpu_devices|--gpus_per_process|--coordinator_port|--gpus_per_node|--nodes|--tpu|--zone|--project|--config|--workdir|--cli)
       die "$arg needs a value: write $arg=VALUE" ;;
     *) args+=("$arg") ;;
   esac
@@ -71,7 +76,19 @@ is_int() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
   die "--cpu_devices, --gpus_per_process and --coordinator_port are for --num_processes=K"
 [[ -n "$gpus_per_node$nodes" && "$target" != slurm ]] && die "--gpus_per_node and --nodes are for --slurm"
 
-train_cmd=(-m cm_jax.train "--config=$config" "--workdir=$workdir" "${args[@]+"${args[@]}"}")
+case "$cli_name" in
+  train)
+    train_cmd=(-m cm_jax.train "--config=$config" "--workdir=$workdir" "${args[@]+"${args[@]}"}")
+    what="Training --config=$config --workdir=$workdir" ;;
+  sample|evaluate|edit)
+    ((config_given)) && die "--config is for training; cm_jax.$cli_name reads the workdir's own config"
+    train_cmd=(-m "cm_jax.$cli_name")
+    ((workdir_given)) && train_cmd+=("--workdir=$workdir")
+    train_cmd+=("${args[@]+"${args[@]}"}")
+    ((workdir_given)) || workdir="."  # logs under ./logs (evaluate --samples has no workdir)
+    what="Running cm_jax.$cli_name ${train_cmd[*]:2}" ;;
+  *) die "--cli=$cli_name: choose train (the default), sample, evaluate or edit" ;;
+esac
 logdir="$workdir/logs"
 
 # Shell-quotes each argument (single quotes where needed), space-separated.
@@ -103,8 +120,8 @@ python_env() {  # sets $py: the interpreter that runs cm_jax.train here
 case "$target" in
 "")  # one local process over every local device (the default run)
   python_env
-  echo "Training --config=$config --workdir=$workdir"
-  if [[ "$config" == "configs/digits.py:method=ict" && ${#args[@]} -eq 0 ]]; then
+  echo "$what"
+  if [[ "$cli_name" == train && "$config" == "configs/digits.py:method=ict" && ${#args[@]} -eq 0 ]]; then
     # Measured on 2-core machines of this project's kind (README): they differ by up to ~1.7x.
     echo "The default takes ~3-6 minutes of training on 2 CPU cores, then ~20 s to score its samples;"
     echo "the log prints the expected time once the step is compiled."
@@ -125,7 +142,7 @@ local)  # K processes on this machine
     fi
   fi
   is_int "$coordinator_port" || die "--coordinator_port must be a port number, got '$coordinator_port'"
-  echo "Training on $num_processes local processes (coordinator localhost:$coordinator_port): --config=$config --workdir=$workdir; logs in $logdir/process_*.log"
+  echo "$what on $num_processes local processes (coordinator localhost:$coordinator_port); logs in $logdir/process_*.log"
   run mkdir -p "$logdir"
   pids=()
   for ((i = 0; i < num_processes; i++)); do
@@ -186,7 +203,7 @@ slurm)
   nodes="${nodes:-${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}}"
   is_int "$nodes" || die "--nodes must be a positive integer, got '$nodes'"
   python_env
-  echo "Training on $nodes node(s) x $gpus GPU(s), one process per GPU: --config=$config --workdir=$workdir"
+  echo "$what on $nodes node(s) x $gpus GPU(s), one process per GPU"
   run mkdir -p "$logdir"
   # JAX's SLURM detection gives process i GPU SLURM_LOCALID of its node: every task sees the
   # node's GPUs (--gpus-per-node, no per-task binding).
@@ -199,9 +216,11 @@ tpu)
   [[ -n "$tpu" ]] || die "--tpu needs a name: --tpu=NAME --zone=ZONE"
   [[ -n "$zone" ]] || die "--tpu=$tpu needs --zone=ZONE (the TPU VM's zone, e.g. us-central2-b)"
   # Every worker runs the same command and must see the same workdir (checkpoints, config.json,
-  # logs): a relative path would resolve on each worker's own disk.
+  # logs): a relative path would resolve on each worker's own disk. (evaluate --samples=FILE
+  # has no workdir: its logs stay in ./logs on each worker.)
   case "$workdir" in
     gs://*|/*) ;;
+    .) [[ "$cli_name" != train ]] || die "--tpu needs --workdir" ;;
     *) die "--tpu needs a workdir every worker shares: gs://BUCKET/runs/NAME or an absolute path on a shared mount (Filestore, gcsfuse); '$workdir' would resolve on each worker's own disk" ;;
   esac
   if ((!dry_run)); then
@@ -212,7 +231,7 @@ tpu)
   bundle="${TMPDIR:-/tmp}/cm_jax_code_$$.tgz"
   ((dry_run)) || trap 'rm -f "$bundle"' EXIT
   remote_dir='~/cm_jax'
-  echo "Training on TPU VM $tpu ($zone): --config=$config --workdir=$workdir; worker logs in $logdir/"
+  echo "$what on TPU VM $tpu ($zone); worker logs in $logdir/"
   # 1. This checkout (without environments, runs or git history) to every worker.
   run tar -czf "$bundle" --exclude=./.venv --exclude=./.git --exclude=./runs --exclude=./.whl \
     --exclude='*/__pycache__' .

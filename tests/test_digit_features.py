@@ -11,6 +11,9 @@ from sklearn.datasets import load_digits
 
 from cm_jax.evaluation import digit_features as df
 
+# Execution-bound (training loops run many steps): compiled with XLA's optimisations.
+pytestmark = pytest.mark.optimized
+
 TEST_STEPS = 150  # ~98% held-out accuracy in ~2 s; the default trains longer
 NUM_HELDOUT = 300
 

@@ -17,6 +17,9 @@ from cm_jax.methods import ct, ict
 from tests.helpers.gaussian import (LEVELS, S, SHAPE, alpha_of, config_for, exact_alpha,
                                     table_net, train, variance_net)
 
+# Execution-bound (training loops run many steps): compiled with XLA's optimisations.
+pytestmark = pytest.mark.optimized
+
 
 def discrete_fixed_point(n_levels):
   sig = karras.karras_sigmas(n_levels, LEVELS)

@@ -23,6 +23,8 @@ from configs import base
 from tests.helpers.gaussian import (LEVELS, S, SHAPE, alpha_of, config_for, exact_alpha, train,
                                     variance_net)
 
+# Tests marked `optimized` are execution-bound (training loops), compiled with XLA's optimisations.
+
 SD = 0.5     # sigma_data
 S_TF = 0.3   # TrigFlow data std (!= SD, else the velocity field vanishes)
 
@@ -202,6 +204,7 @@ def test_prior_weighting_divides_each_squared_error_by_sigma_d_tan_t():
   np.testing.assert_allclose(loss_prior, jnp.mean(mse / (SD * jnp.tan(t))), rtol=1e-5)
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("name", ["trigflow", "sct", "scd"])
 def test_trigflow_methods_converge_to_the_exact_functions(name):
   """Training the one-parameter families (with the adaptive weighting head) finds v = s^2; the
@@ -248,6 +251,7 @@ def _train_tf(method, params, steps, lr, frozen=None, batch=512, head_only=False
   return params
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_adaptive_weight_head_is_trained_and_learns_the_loss_scale():
   """The head gets gradients, and trained alone against a fixed (wrong) model, exp(-w(t)) becomes
@@ -303,6 +307,7 @@ def test_ect_target_is_the_data_where_r_is_zero():
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
+@pytest.mark.optimized
 def test_ect_converges_to_the_exact_consistency_function():
   """ECT's stages shrink t - r towards 0, where its fixed point is the exact f: the variance
   family ends within 3% of s^2 and alpha within 2% on a 40-level grid."""

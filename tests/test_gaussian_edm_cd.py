@@ -22,6 +22,9 @@ from configs import base
 from tests.helpers.gaussian import (LEVELS, S, SHAPE, alpha_of, config_for, exact_alpha,
                                     exact_denoiser, table_net, train, variance_denoiser_net)
 
+# Execution-bound (training loops run many steps): compiled with XLA's optimisations.
+pytestmark = pytest.mark.optimized
+
 # float64 for the order-of-accuracy checks: jax.enable_x64 in newer jax, jax.experimental's in 0.7.
 if hasattr(jax, "enable_x64"):
   enable_x64 = jax.enable_x64

@@ -11,6 +11,9 @@ from cm_jax.train.step import make_train_step, micro_batches
 from configs import digits
 from tests.helpers.per_example_noise import ID_KEY, PerExampleNoise
 
+# Execution-bound (training loops run many steps): compiled with XLA's optimisations.
+pytestmark = pytest.mark.optimized
+
 
 def _batch(n: int, classes: int = 10) -> dict:
   rng = np.random.default_rng(0)

@@ -154,6 +154,64 @@ def run_launcher(*args, env_extra=None, path=None):
                         text=True, timeout=60)
 
 
+def launch_cli(cli, workdir, cache_env, *args) -> str:
+  """launch/train.sh --num_processes=2 --cpu_devices=2 --cli=CLI; its output."""
+  env = subprocess_env(devices=1, compilation_cache=False, **cache_env)
+  where = [f"--workdir={workdir}"] if workdir else []
+  out = subprocess.run(["bash", LAUNCH, "--num_processes=2", "--cpu_devices=2", f"--cli={cli}",
+                        *where, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-4000:]
+  return out.stdout
+
+
+def test_sample_evaluate_and_edit_on_two_processes_equal_one(single, tmp_path, cache_env):
+  """2 processes x 2 devices against 1 x 4: the same samples, the same digit-feature FID of a
+  workdir (reference statistics from the test split), the same Inception FID of a sample file
+  and the same edit; only process 0 writes."""
+  import json
+  import shutil
+  from tests.cli_runner import run_cli
+  from tests.test_evaluate_cli import random_inception, smooth_uint8
+  one, two = tmp_path / "one", tmp_path / "two"
+  shutil.copytree(single, one)
+  shutil.copytree(single, two)
+  # Sampling: bit-identical samples (sample i depends on the seed and i alone).
+  args = ["--num_samples=12", "--batch_size=8", "--steps=2"]
+  run_cli("cm_jax.sample", f"--workdir={one}", *args, f"--out={one}/s.npz", devices=4)
+  out = launch_cli("sample", two, cache_env, *args, f"--out={two}/s.npz")
+  assert "Wrote 12 samples" in out, out[-3000:]
+  assert "Wrote 12 samples" not in (two / "logs" / "process_1.log").read_text()
+  s1, s2 = np.load(one / "s.npz")["arr_0"], np.load(two / "s.npz")["arr_0"]
+  np.testing.assert_array_equal(s1, s2)
+  # A workdir's FID on the digit features: every process generates and scores its devices'
+  # share; one results row, written by process 0.
+  args = ["--num_samples=24", "--batch_size=8", "--steps=1", "--ref=data:test", "--features=digits"]
+  run_cli("cm_jax.evaluate", f"--workdir={one}", *args, f"--json={one}/e.json", devices=4)
+  launch_cli("evaluate", two, cache_env, *args, f"--json={two}/e.json")
+  e1, e2 = (json.loads((w / "e.json").read_text())[0] for w in (one, two))
+  assert e1["devices"] == e2["devices"] == 4
+  assert e2["fid"] == pytest.approx(e1["fid"], rel=1e-6)
+  assert len((two / "eval" / "results.jsonl").read_text().splitlines()) == 1
+  # A sample file on a (random, converted) Inception.
+  weights = random_inception(str(tmp_path / "inception"))
+  np.savez(tmp_path / "rgb.npz", arr_0=smooth_uint8(10, 32, 0))
+  np.savez(tmp_path / "ref.npz", arr_0=smooth_uint8(12, 32, 1))
+  args = [f"--samples={tmp_path}/rgb.npz", f"--ref={tmp_path}/ref.npz",
+          f"--inception_weights={weights}", "--batch_size=4"]
+  run_cli("cm_jax.evaluate", *args, f"--json={one}/i.json", devices=4)
+  launch_cli("evaluate", None, cache_env, *args, f"--json={two}/i.json")
+  i1, i2 = (json.loads((w / "i.json").read_text()) for w in (one, two))
+  assert i1["devices"] == i2["devices"] == 4 and np.isfinite(i1["fid"])
+  assert i2["fid"] == pytest.approx(i1["fid"], rel=1e-6)
+  # Editing: inpainting the samples gives the same images.
+  args = ["--task=inpaint", f"--images={one}/s.npz", "--batch_size=8"]
+  run_cli("cm_jax.edit", f"--workdir={one}", *args, f"--out={one}/x.npz", devices=4)
+  launch_cli("edit", two, cache_env, *args, f"--out={two}/x.npz")
+  x1, x2 = np.load(one / "x.npz")["arr_0"], np.load(two / "x.npz")["arr_0"]
+  np.testing.assert_allclose(x1.astype(np.float32), x2.astype(np.float32), atol=1e-5)
+
+
 def test_dry_run_prints_tpu_and_slurm_commands():
   out = run_launcher("--dry_run", "--tpu=pod", "--zone=us-central2-b", "--project=p1",
                      "--workdir=/mnt/shared/run", "--config.train.num_steps=10",

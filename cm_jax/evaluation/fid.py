@@ -49,17 +49,15 @@ class InceptionNet(FeatureNet):
   def __init__(self, params, mesh=None, batch_size: int = 64):
     self.mesh = mesh or parallel.create_mesh()
     self.batch_size = parallel.round_up(batch_size, self.mesh.devices.size)
-    repl, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
-    self.params = jax.device_put(params, repl)
-    net = lambda p, x: inception.InceptionV3().apply({"params": p}, x)
-    self._pre = jax.jit(inception.preprocess, in_shardings=data, out_shardings=data)
-    self._net = jax.jit(net, in_shardings=(repl, data), out_shardings=(data, data))
+    self.params = parallel.to_global_tree(params, parallel.replicated(self.mesh))
+    net = lambda p, x: inception.InceptionV3().apply({"params": p}, inception.preprocess(x))
+    self._net = parallel.over_rows(net, self.mesh)
 
   def __call__(self, images):
     images = check_images(images, self.channels)
     if not len(images):
       return np.zeros((0, self.dim)), np.zeros((0, inception.NUM_LOGITS))
-    return parallel.map_in_batches(lambda chunk: self._net(self.params, self._pre(chunk)),
+    return parallel.map_in_batches(lambda chunk: self._net(self.params, chunk),
                                    [images], self.batch_size,
                                    to_host=lambda a: np.asarray(jax.device_get(a), np.float64))
 

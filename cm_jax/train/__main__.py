@@ -47,9 +47,9 @@ def main(argv):
     with cli.user_errors_exit():
       raise UserError("--workdir is required: the directory the run writes (or resumes) its "
                       "checkpoints in; or pass --print_config to only show the config.")
-  parallel.maybe_initialize_distributed()
-  from cm_jax.train import loop, report
   with cli.user_errors_exit():
+    parallel.maybe_initialize_distributed()  # before anything touches a JAX backend
+    from cm_jax.train import loop, report
     finish = report.final_report if _CONFIG.value.eval.report_at_end else None
     summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, finish=finish)
   if summary["preempted"]:

@@ -200,9 +200,8 @@ class Experiment:
                                    clip=clip)
       return sampling.multistep_sample(self.consistency_fn(params, labels), key, indices,
                                        self.sample_shape, plan, self.levels, clip=clip)
-    repl, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
-    # Replicated output: every process can read the whole batch (several processes included).
-    return jax.jit(run, in_shardings=(repl, repl, data, data), out_shardings=repl)
+    # (params, key) replicated, (indices, labels) split; every process reads the whole batch.
+    return parallel.over_rows(run, self.mesh, num_fixed=2)
 
   def generate(self, params, plan, num_samples: int, seed: int, batch_size: int = 256,
                first_index: int = 0, labels=None) -> np.ndarray:
@@ -216,15 +215,13 @@ class Experiment:
     labels = self.resolve_labels(labels, num_samples, seed, first_index)
     # One (device-divisible) batch size, so the sampler compiles once.
     size = parallel.device_batch_size(batch_size, num_samples, self.mesh)
-    # Several processes: inputs become global arrays (jit takes no host arrays for a mesh that
-    # spans processes), and FSDP-split weights are gathered once for the whole loop.
+    # FSDP-split weights are gathered once for the whole loop; the key is a global array, as
+    # jit wants for a mesh that spans processes.
     params = self._replicate(params)
-    data = parallel.batch_sharding(self.mesh)
     key = parallel.to_global(np.asarray(jax.random.PRNGKey(seed)), parallel.replicated(self.mesh))
-    glob = lambda a: None if a is None else parallel.to_global(a, data)
     idx = np.arange(first_index, first_index + num_samples, dtype=np.int32)
     return parallel.map_in_batches(
-        lambda i, lab: run(params, key, glob(i), glob(lab)), [idx, labels], size,
+        lambda i, lab: run(params, key, i, lab), [idx, labels], size,
         to_host=lambda images: sampling.to_uint8(jax.device_get(images)), progress="sampling")
 
   def _replicate(self, params):
