@@ -145,7 +145,7 @@ def run_batched(exp: Experiment, fn: Callable, params, rows: Sequence[Optional[n
   row and trimming changes nothing. Returns float32 [N, ...].
   """
   size = parallel.device_batch_size(batch_size, len(rows[0]), exp.mesh)
-  run = parallel.over_rows(fn, exp.mesh)
+  run = parallel.over_rows(fn, exp.mesh, num_rows=len(rows))
   return parallel.map_in_batches(lambda *batch: run(params, *batch), rows, size,
                                  progress="editing")
 

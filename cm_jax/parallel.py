@@ -194,24 +194,21 @@ def to_global(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def over_rows(fn, mesh: Mesh, num_fixed: int = 1):
-  """fn(*fixed, *rows) jitted with the `num_fixed` leading arguments replicated and the rest
-  (row batches; None passes through) split over every device of the mesh.
+def over_rows(fn, mesh: Mesh, num_fixed: int = 1, num_rows: int = 1):
+  """fn(*fixed, *rows) jitted with the `num_fixed` leading arguments replicated and the
+  `num_rows` others (row batches; None passes through) split over every device of the mesh.
 
   Host row batches become global arrays (jit takes no host arrays for a mesh that spans
   processes: every process passes the same rows and computes only its devices' share), and the
   outputs come back replicated, so every process reads the whole batch.
   """
   repl, data = replicated(mesh), batch_sharding(mesh)
-  jitted = {}  # by the number of row arguments (in_shardings must match it)
+  jitted = jax.jit(fn, in_shardings=(repl,) * num_fixed + (data,) * num_rows, out_shardings=repl)
 
   def call(*args):
-    fixed, rows = args[:num_fixed], args[num_fixed:]
-    if len(rows) not in jitted:
-      jitted[len(rows)] = jax.jit(fn, in_shardings=(repl,) * num_fixed + (data,) * len(rows),
-                                  out_shardings=repl)
-    rows = [r if r is None or isinstance(r, jax.Array) else to_global(r, data) for r in rows]
-    return jitted[len(rows)](*fixed, *rows)
+    rows = [r if r is None or isinstance(r, jax.Array) else to_global(r, data)
+            for r in args[num_fixed:]]
+    return jitted(*args[:num_fixed], *rows)
   return call
 
 

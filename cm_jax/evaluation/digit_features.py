@@ -85,7 +85,10 @@ class DigitFeatureNet:
     self.resolution = resolution
     self.num_classes = num_classes
     self.module = DigitCNN(num_classes=num_classes)
-    self._sharded = None  # (weights on the mesh, the jitted forward pass), made at first use
+    # Every device of every process computes its share of each batch.
+    self._mesh = parallel.create_mesh()
+    self._params_on_mesh = parallel.to_global_tree(params, parallel.replicated(self._mesh))
+    self._apply = parallel.over_rows(lambda p, x: self.module.apply({'params': p}, x), self._mesh)
 
   def _run(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(logits [N, K], features [N, D]) over every device (of every process); the last batch is
@@ -93,13 +96,9 @@ class DigitFeatureNet:
     x = to_model_input(images, self.resolution)
     if not x.shape[0]:
       return np.zeros((0, self.num_classes)), np.zeros((0, self.module.feature_dim))
-    if self._sharded is None:
-      mesh = parallel.create_mesh()
-      self._sharded = (mesh, parallel.to_global_tree(self.params, parallel.replicated(mesh)),
-                       parallel.over_rows(lambda p, x: self.module.apply({'params': p}, x), mesh))
-    mesh, params, apply = self._sharded
-    size = parallel.device_batch_size(batch_size, len(x), mesh)
-    logits, feats = parallel.map_in_batches(lambda chunk: apply(params, chunk), [x], size)
+    size = parallel.device_batch_size(batch_size, len(x), self._mesh)
+    logits, feats = parallel.map_in_batches(lambda chunk: self._apply(self._params_on_mesh, chunk),
+                                            [x], size)
     return logits.astype(np.float64), feats.astype(np.float64)
 
   def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -201,7 +201,7 @@ class Experiment:
       return sampling.multistep_sample(self.consistency_fn(params, labels), key, indices,
                                        self.sample_shape, plan, self.levels, clip=clip)
     # (params, key) replicated, (indices, labels) split; every process reads the whole batch.
-    return parallel.over_rows(run, self.mesh, num_fixed=2)
+    return parallel.over_rows(run, self.mesh, num_fixed=2, num_rows=2)
 
   def generate(self, params, plan, num_samples: int, seed: int, batch_size: int = 256,
                first_index: int = 0, labels=None) -> np.ndarray:
