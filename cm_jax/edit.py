@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cm_jax import cli, editing, files, images, parallel, sample, sampling
+from cm_jax import cli, editing, files, images, parallel, sample, sampling, storage
 from cm_jax.errors import MissingPath, UserError
 from cm_jax.evaluation import two_step
 from cm_jax.train.experiment import Experiment
@@ -36,7 +35,6 @@ from cm_jax.train.experiment import Experiment
 log = logging.getLogger("cm_jax")
 
 TASKS = ("inpaint", "colorize", "superres", "denoise", "interpolate")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 _TASK = flags.DEFINE_enum("task", None, TASKS, "The edit.")
 _IMAGES = flags.DEFINE_string("images", None, "A directory of PNG/JPEG images or an .npz (arr_0 "
@@ -60,33 +58,6 @@ _AUX_STREAM = 2**31 - 2
 
 
 # ---- input ------------------------------------------------------------------------------------
-
-def load_images(path: str, channels: int) -> np.ndarray:
-  """uint8 [N, H, W, C] from an .npz (arr_0) or a directory of PNG/JPEG files (sorted by name)."""
-  if path.endswith(".npz"):
-    with files.open_npz(path, "--images") as f:
-      if "arr_0" not in f:
-        raise UserError(f"{path} has no arr_0 (keys: {', '.join(f.files)}).")
-      arr = f["arr_0"]
-    if arr.dtype != np.uint8 or arr.ndim != 4:
-      raise UserError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {arr.dtype} {arr.shape}.")
-    if arr.shape[-1] != channels:
-      raise UserError(f"{path}: images have {arr.shape[-1]} channels; the model needs {channels}.")
-    return arr
-  if not os.path.isdir(path):
-    raise MissingPath(f"--images {path} is neither a directory nor an .npz file.")
-  names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
-  if not names:
-    raise UserError(f"--images {path} holds no PNG/JPEG files.")
-  mode = {1: "L", 3: "RGB"}.get(channels)
-  if mode is None:
-    raise UserError(f"Image files need a 1- or 3-channel model; this one has {channels}.")
-  arrays = [images.read_image(os.path.join(path, name), mode) for name in names]
-  shapes = {a.shape for a in arrays}
-  if len(shapes) > 1:
-    raise UserError(f"Images in {path} differ in size: {sorted(shapes)}.")
-  return np.stack(arrays)
-
 
 def stored_labels(path: Optional[str], count: int) -> Optional[np.ndarray]:
   """The int labels `arr_1` of an .npz of images, one per image; None when it has none."""
@@ -122,7 +93,7 @@ def load_mask(spec: str, height: int, width: int) -> Optional[np.ndarray]:
     return editing.left_half_mask(height, width)
   if spec == "strokes":
     return None
-  if not os.path.isfile(spec):
+  if not storage.isfile(spec):
     raise MissingPath(f"--mask must be center, left, strokes or a PNG file; {spec} is none.")
   mask = images.read_image(spec, "L")[..., 0]
   if mask.shape != (height, width):
@@ -271,7 +242,7 @@ def main(argv: list[str]) -> None:
                                    FLAGS.ts_grid, level)
     sigmas = [float(s) for s in sampling.check_sigmas(sigmas, exp.levels)]
     if _IMAGES.value is not None:
-      y = to_float(check_size(load_images(_IMAGES.value, c), h, w,
+      y = to_float(check_size(images.load_images(_IMAGES.value, c, "--images"), h, w,
                               _FACTOR.value if task == "superres" else None))
     else:
       y = np.zeros((2 * _NUM_PAIRS.value, h, w, c), np.float32)

@@ -122,6 +122,11 @@ def read_bytes(path: str) -> bytes:
     return f.read()
 
 
+def open_read(path: str):
+  """A seekable binary file object (zip archives and images read parts of it)."""
+  return _fs(path).open(path, "rb") if is_remote(path) else open(path, "rb")
+
+
 def read_text(path: str) -> str:
   return read_bytes(path).decode()
 

@@ -13,7 +13,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from cm_jax import files
+from cm_jax import files, storage
 from cm_jax.errors import MissingPath, UserError
 
 PARAMS_FILE = "params.msgpack"
@@ -33,18 +33,16 @@ def load(path: str, kind: str, template: Any, command: str) -> tuple[Any, dict]:
 
   command: the converter command that makes such a directory, quoted in every error.
   """
-  params_path, meta_path = os.path.join(path, PARAMS_FILE), os.path.join(path, META_FILE)
-  if not os.path.isfile(params_path) or not os.path.isfile(meta_path):
+  params_path, meta_path = storage.join(path, PARAMS_FILE), storage.join(path, META_FILE)
+  if not storage.isfile(params_path) or not storage.isfile(meta_path):
     raise MissingPath(
         f"No converted {kind} weights in {path!r} (expected {PARAMS_FILE} and {META_FILE}). "
         f"Convert them once with: {command}")
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = json.loads(storage.read_text(meta_path))
   if meta.get("kind") != kind:
     raise UserError(f"{path!r} holds {meta.get('kind')!r} weights, not {kind!r}. Convert the "
                     f"right file with: {command}")
-  with open(params_path, "rb") as f:
-    raw = flax.serialization.msgpack_restore(f.read())
+  raw = flax.serialization.msgpack_restore(storage.read_bytes(params_path))
   flat_raw = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(raw)}
   flat_want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(template)}
   if set(flat_raw) != set(flat_want):

@@ -50,6 +50,38 @@ def test_path_layer_object_store_forms(gcs):
 
 
 
+def test_sample_files_image_folders_and_weights_are_read_from_gs(gcs, tmp_path):
+  """What evaluate (--samples, --ref), edit (--images, --mask) and the converted weights
+  (--inception_weights) read, from the bucket: the same arrays as from a local copy."""
+  from cm_jax import images, weight_store
+  from cm_jax.errors import MissingPath
+  from cm_jax.evaluation import fid
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+  files.write_npz_atomically(f"{gcs}/in/samples.npz", arr_0=rgb)
+  sample_file = fid.load_sample_file(f"{gcs}/in/samples.npz", channels=3)
+  assert len(sample_file) == 5
+  np.testing.assert_array_equal(np.concatenate(list(sample_file.batches(2))), rgb)
+  gray = rng.integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+  os.makedirs(tmp_path / "png")
+  for i, image in enumerate(gray):
+    images.save_png(str(tmp_path / "png" / f"{i}.png"), image)
+    storage.upload(str(tmp_path / "png" / f"{i}.png"), f"{gcs}/in/png/{i}.png")
+  np.testing.assert_array_equal(images.load_images(f"{gcs}/in/png", 1), gray)
+  np.testing.assert_array_equal(images.load_images(str(tmp_path / "png"), 1), gray)
+  params = {"dense": {"kernel": rng.standard_normal((3, 2)).astype(np.float32)}}
+  weight_store.save(str(tmp_path / "weights"), params, {"kind": "test"})
+  for name in os.listdir(tmp_path / "weights"):
+    storage.upload(str(tmp_path / "weights" / name), f"{gcs}/in/weights/{name}")
+  loaded, meta = weight_store.load(f"{gcs}/in/weights", "test", params, "convert it")
+  assert meta["kind"] == "test"
+  np.testing.assert_array_equal(loaded["dense"]["kernel"], params["dense"]["kernel"])
+  with pytest.raises(MissingPath):
+    fid.load_sample_file(f"{gcs}/in/none.npz")
+  with pytest.raises(MissingPath, match="convert it"):
+    weight_store.load(f"{gcs}/in/none", "test", params, "convert it")
+
+
 def test_launcher_log_upload(gcs, tmp_path):
   log = tmp_path / "worker-0.log"
   log.write_text("trained\n")

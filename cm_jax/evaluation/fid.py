@@ -9,7 +9,6 @@ saved and restored mid-stream, which is what lets an interrupted evaluation resu
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterable, Optional
 
 import jax
@@ -237,11 +236,11 @@ class SampleFile:
 
   def __init__(self, path: str):
     import zipfile
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       raise MissingPath(f"{path} does not exist.")
     self.path = path
     try:
-      with zipfile.ZipFile(path) as z:
+      with storage.open_read(path) as raw, zipfile.ZipFile(raw) as z:
         names = z.namelist()
         if "arr_0.npy" not in names:
           raise UserError(f"{path} has no arr_0: sample files hold arr_0 = uint8 [N, H, W, C] "
@@ -270,7 +269,8 @@ class SampleFile:
   def batches(self, batch_size: int) -> Iterable[np.ndarray]:
     import zipfile
     item = int(np.prod(self.shape[1:]))
-    with zipfile.ZipFile(self.path) as z, z.open("arr_0.npy") as f:
+    with storage.open_read(self.path) as raw, zipfile.ZipFile(raw) as z, \
+        z.open("arr_0.npy") as f:
       self._header(f)
       for start in range(0, len(self), batch_size):
         n = min(batch_size, len(self) - start)
