@@ -10,7 +10,7 @@ from PIL import Image
 from cm_jax import files, storage
 from cm_jax.errors import MissingPath, UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def read_image(path: str, mode: str) -> np.ndarray:
@@ -25,7 +25,7 @@ def read_image(path: str, mode: str) -> np.ndarray:
 
 
 def load_images(path: str, channels: int, flag: str = "images") -> np.ndarray:
-  """uint8 [N, H, W, C] from an .npz (arr_0) or a directory of PNG/JPEG files (sorted by name),
+  """uint8 [N, H, W, C] from an .npz (arr_0) or a directory of image files (sorted by name),
   local or on gs://; `flag` names the input in errors."""
   if path.endswith(".npz"):
     with files.open_npz(path, flag) as f:
@@ -41,7 +41,7 @@ def load_images(path: str, channels: int, flag: str = "images") -> np.ndarray:
     raise MissingPath(f"{flag} {path} is neither a directory nor an .npz file.")
   names = sorted(n for n in storage.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
   if not names:
-    raise UserError(f"{flag} {path} holds no PNG/JPEG files.")
+    raise UserError(f"{flag} {path} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
   mode = {1: "L", 3: "RGB"}.get(channels)
   if mode is None:
     raise UserError(f"Image files need a 1- or 3-channel model; this one has {channels}.")

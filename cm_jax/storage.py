@@ -108,6 +108,20 @@ def listdir(path: str) -> list[str]:
           if p.rstrip("/") != path[len("gs://"):].rstrip("/")]
 
 
+def files_under(root: str) -> list[str]:
+  """Sorted '/'-separated paths, relative to `root`, of every file below it (symlinked folders
+  followed on disk); names starting with '.' and everything in such folders are left out."""
+  if is_remote(root):
+    prefix = root[len("gs://"):].rstrip("/") + "/"
+    found = [p[len(prefix):] for p in _fs(root).find(root) if p.startswith(prefix)]
+  else:
+    found = []
+    for dirpath, _, filenames in os.walk(root, followlinks=True):
+      rel = os.path.relpath(dirpath, root)
+      found += [f if rel == "." else posixpath.join(*rel.split(os.sep), f) for f in filenames]
+  return sorted(p for p in found if not any(part.startswith(".") for part in p.split("/")))
+
+
 def makedirs(path: str) -> None:
   if not is_remote(path):
     os.makedirs(path, exist_ok=True)

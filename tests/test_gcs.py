@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from cm_jax import checkpoint, files, storage, workdir_lock
+from cm_jax import checkpoint, files, images, storage, workdir_lock
 from cm_jax.errors import UserError, WorkdirBusy
 from tests import REPO_ROOT
 from tests.cli_runner import restore, run_cli, train
@@ -53,7 +53,7 @@ def test_path_layer_object_store_forms(gcs):
 def test_sample_files_image_folders_and_weights_are_read_from_gs(gcs, tmp_path):
   """What evaluate (--samples, --ref), edit (--images, --mask) and the converted weights
   (--inception_weights) read, from the bucket: the same arrays as from a local copy."""
-  from cm_jax import images, weight_store
+  from cm_jax import weight_store
   from cm_jax.errors import MissingPath
   from cm_jax.evaluation import fid
   rng = np.random.default_rng(0)
@@ -80,6 +80,53 @@ def test_sample_files_image_folders_and_weights_are_read_from_gs(gcs, tmp_path):
     fid.load_sample_file(f"{gcs}/in/none.npz")
   with pytest.raises(MissingPath, match="convert it"):
     weight_store.load(f"{gcs}/in/none", "test", params, "convert it")
+
+
+def test_datasets_are_read_from_gs(gcs, tmp_path):
+  """A TFDS data_dir and an image folder in the bucket give the splits their local copies give;
+  a data_dir without the dataset says to build it locally and upload it (array_record cannot
+  write to object storage), and writes nothing."""
+  from PIL import Image
+  from cm_jax import data
+  from cm_jax.errors import MissingPath
+  from configs import digits
+  from tests.helpers.gcs_emulator import upload_tree
+  from cm_jax.data import fake
+  from configs import cifar10
+  local = str(tmp_path / "tfds")
+  data.prepare_digits(local)
+  fake.prepare_fake("cifar10", local, num_examples=8)  # a catalogue dataset: PNG-encoded
+  upload_tree(local, f"{gcs}/tfds")
+  for config in (digits.get_config("method=ict,runlocal").data,
+                 cifar10.get_config("method=ect,runlocal").data):
+    config.data_dir = local
+    want = data.load_split(config, "test")
+    config.data_dir = f"{gcs}/tfds"
+    got = data.load_split(config, "test")
+    for k in ("image", "label"):
+      np.testing.assert_array_equal(got[k], want[k])
+  config = digits.get_config("method=ict,runlocal").data
+  config.data_dir = f"{gcs}/no-data"
+  with pytest.raises(MissingPath, match=r"(?s)python -m cm_jax\.data\.digits .*gcloud storage cp"):
+    data.load_split(config, "test")
+  assert not storage.exists(f"{gcs}/no-data")
+
+  rng = np.random.default_rng(1)
+  for rel in ("cats/a.png", "cats/deep/b.jpg", "dogs/c.png", ".hidden/d.png", "dogs/e.txt"):
+    os.makedirs(os.path.dirname(tmp_path / "folder" / rel), exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(
+        tmp_path / "folder" / rel, format="PNG")
+  upload_tree(str(tmp_path / "folder"), f"{gcs}/folder")
+  splits = []
+  for root in (str(tmp_path / "folder"), f"{gcs}/folder"):
+    config = digits.get_config("method=ict,runlocal").data
+    config.update(name=f"image_folder:{root}", channels=3, num_classes=2, resolution=8)
+    assert data.sources.open_source(config, "train").files == [
+        "cats/a.png", "cats/deep/b.jpg", "dogs/c.png"]
+    splits.append(data.load_split(config, "train"))
+  for k in ("image", "label"):
+    np.testing.assert_array_equal(splits[0][k], splits[1][k])
+  np.testing.assert_array_equal(splits[1]["label"], [0, 0, 1])
 
 
 def test_launcher_log_upload(gcs, tmp_path):
@@ -155,6 +202,17 @@ def test_train_resume_sample_evaluate_on_a_gs_workdir(gcs, tmp_path):
   run_cli("cm_jax.sample", f"--workdir={workdir}", "--num_samples=8", f"--out={out_npz}")
   with np.load(io.BytesIO(storage.read_bytes(out_npz))) as d:
     assert d["arr_0"].shape == (8, 16, 16, 1) and d["arr_0"].dtype == np.uint8
+  # Editing those samples, in and out of the bucket.
+  edited, mask = f"{gcs}/out/inpainted.npz", tmp_path / "mask.png"
+  images.save_png(str(mask), np.repeat(np.array([[0], [255]], np.uint8), 8, axis=0)
+                  * np.ones((1, 16), np.uint8))  # the lower half is generated
+  storage.upload(str(mask), f"{gcs}/in/mask.png")
+  run_cli("cm_jax.edit", f"--workdir={workdir}", "--task=inpaint", f"--images={out_npz}",
+          f"--mask={gcs}/in/mask.png", f"--out={edited}")
+  with np.load(io.BytesIO(storage.read_bytes(edited))) as d, \
+       np.load(io.BytesIO(storage.read_bytes(out_npz))) as given:
+    assert d["arr_0"].shape == (8, 16, 16, 1) and d["arr_0"].dtype == np.uint8
+    np.testing.assert_array_equal(d["arr_0"][:, :8], given["arr_0"][:, :8])  # kept: the mask
 
   args = ("--num_samples=16", "--batch_size=16", "--ref=data:test")
   run_cli("cm_jax.evaluate", f"--workdir={workdir}", "--steps=1", *args)

@@ -82,3 +82,13 @@ def prepare_digits(data_dir: str) -> None:
     # Another process (multi-host on a shared disk) renamed its finished build first.
     if not builder.data_path.exists():
       raise
+
+
+if __name__ == "__main__":
+  # `python -m cm_jax.data.digits DATA_DIR`: build on a local disk, then upload the folder to
+  # a gs:// data_dir (array_record cannot write to object storage).
+  import sys
+  if len(sys.argv) != 2:
+    sys.exit("usage: python -m cm_jax.data.digits DATA_DIR (a local folder)")
+  prepare_digits(sys.argv[1])
+  print(f"Built digits into {sys.argv[1]}/digits.")

@@ -21,11 +21,9 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from cm_jax import images, storage
 from cm_jax.data import digits
 from cm_jax.errors import MissingPath, UserError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
 
 class Source(Protocol):
   """Random access to one split."""
@@ -44,7 +42,9 @@ class Source(Protocol):
 
 def resolve_data_dir(data_dir: str) -> str:
   """The TFDS data dir a config means: '' is $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  storage.check(data_dir, "data.data_dir")
+  return data_dir if storage.is_remote(data_dir) else os.path.expanduser(data_dir)
 
 
 def tfds_build_hint(name: str, data_dir: str) -> str:
@@ -126,6 +126,13 @@ class TfdsDataset:
     if not _is_prepared(builder):
       if self.prepare is None:
         raise MissingPath(tfds_build_hint(self.tfds_name, data_dir))
+      if storage.is_remote(data_dir):
+        # array_record reads object storage but cannot write it.
+        raise MissingPath(
+            f"Dataset {self.tfds_name!r} is not in {data_dir}, and it cannot be built straight "
+            f"into object storage. Build it on a local disk and upload the folder:\n"
+            f"  python -m {self.prepare.__module__} /tmp/tfds\n"
+            f"  gcloud storage cp -r /tmp/tfds/{self.tfds_name} {data_dir}/")
       self.prepare(data_dir)
       builder = tfds.builder(self.tfds_name, data_dir=data_dir)
     if split not in builder.info.splits:
@@ -144,11 +151,12 @@ class ImageFolderSource:
   resolution = None
 
   def __init__(self, root: str, data_config: ml_collections.ConfigDict):
-    self.root = os.path.expanduser(root)
+    self.root = root if storage.is_remote(root) else os.path.expanduser(root)
     where = f"data.name='image_folder:{root}'"
     if not root:
       raise UserError("image_folder needs a path: data.name='image_folder:/path/to/images'.")
-    if not os.path.isdir(self.root):
+    storage.check(self.root, where)
+    if not storage.isdir(self.root):
       raise MissingPath(f"{where}: {self.root} is not a directory.")
     self.channels = int(data_config.channels)
     if self.channels not in (1, 3):
@@ -156,19 +164,15 @@ class ImageFolderSource:
                       f"{self.channels}; images are converted to that.")
     self._mode = "L" if self.channels == 1 else "RGB"
     self._size = int(data_config.resolution)
-    files = []
-    for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-      dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-      files += [os.path.relpath(os.path.join(dirpath, f), self.root) for f in filenames
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
-    if not files:
-      raise UserError(f"{where}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under "
+    self.files = [f for f in storage.files_under(self.root)
+                  if f.lower().endswith(images.IMAGE_SUFFIXES)]
+    if not self.files:
+      raise UserError(f"{where}: no image files ({', '.join(images.IMAGE_SUFFIXES)}) under "
                       f"{self.root}: put the training images there (subfolders are searched).")
-    self.files = sorted(files)
     self.num_classes = 0
     self._labels = np.zeros(len(self.files), np.int32)
     if int(data_config.num_classes) > 0:
-      top = [f.split(os.sep)[0] if os.sep in f else None for f in self.files]
+      top = [f.split("/")[0] if "/" in f else None for f in self.files]
       loose = [f for f, t in zip(self.files, top) if t is None]
       if loose:
         raise UserError(
@@ -184,9 +188,9 @@ class ImageFolderSource:
     return len(self.files)
 
   def _load(self, i: int) -> np.ndarray:
-    path = os.path.join(self.root, self.files[i])
+    path = storage.join(self.root, self.files[i])
     try:
-      with Image.open(path) as image:
+      with storage.open_read(path) as f, Image.open(f) as image:
         image = image.convert(self._mode)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       raise UserError(f"Cannot read image {path}: {e}. Remove or replace the file.") from e

