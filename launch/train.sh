@@ -12,15 +12,16 @@
 #   --num_processes=K [--cpu_devices=D | --gpus_per_process=G] [--coordinator_port=P]
 #        K processes on this machine, jax.distributed over localhost (CPU: gloo collectives);
 #        --cpu_devices forces D CPU devices per process, --gpus_per_process gives each process
-#        its own G GPUs. Logs: WORKDIR/logs/process_I.log (process 0 also on the terminal).
+#        its own G GPUs. Logs: WORKDIR/logs/process_I.log (process 0 also on the terminal; with
+#        a gs:// workdir written to ./logs and copied there when the processes end).
 #   --slurm [--gpus_per_node=G] [--nodes=N]   (implied when SLURM_JOB_ID is set)
 #        srun: one process per GPU on every node; jax.distributed discovers the cluster.
-#        Logs: WORKDIR/logs/slurm-JOB-TASK.log.
+#        Logs: WORKDIR/logs/slurm-JOB-TASK.log (./logs with a gs:// workdir).
 #   --tpu=NAME --zone=Z [--project=P]
 #        copies this checkout to every worker of the TPU VM, makes a Python 3.11 environment there
 #        with uv, installs cm_jax[tpu] into it, and starts the same command on all workers
-#        (gcloud compute tpus tpu-vm ssh --worker=all). --workdir must be an absolute path every
-#        worker shares (a gcsfuse or Filestore mount). Logs: WORKDIR/logs/worker-N.log; worker
+#        (gcloud compute tpus tpu-vm ssh --worker=all). --workdir must be gs://... or an absolute
+#        path every worker shares (a gcsfuse or Filestore mount). Logs: WORKDIR/logs/worker-N.log; worker
 #        0's output also here. TFDS_DATA_DIR, LIBTPU_INIT_ARGS, XLA_FLAGS and CM_JAX_PROGRESS,
 #        when set here, are passed on.
 # Exit status (also of python -m cm_jax.train): 0 finished or already complete; 2 a mistake in
@@ -142,8 +143,12 @@ local)  # K processes on this machine
     fi
   fi
   is_int "$coordinator_port" || die "--coordinator_port must be a port number, got '$coordinator_port'"
-  echo "$what on $num_processes local processes (coordinator localhost:$coordinator_port); logs in $logdir/process_*.log"
-  run mkdir -p "$logdir"
+  # A bucket takes no shell redirection: with a gs:// workdir the logs are written to ./logs
+  # here and copied into the workdir when the processes end.
+  logs_here="$logdir"
+  [[ "$workdir" == gs://* ]] && logs_here="logs"
+  echo "$what on $num_processes local processes (coordinator localhost:$coordinator_port); logs in $logs_here/process_*.log"
+  run mkdir -p "$logs_here"
   pids=()
   for ((i = 0; i < num_processes; i++)); do
     env_vars=(CM_JAX_DISTRIBUTED=1 "CM_JAX_COORDINATOR=localhost:$coordinator_port"
@@ -153,7 +158,7 @@ local)  # K processes on this machine
     elif [[ -n "$gpus_per_process" ]]; then
       env_vars+=("CUDA_VISIBLE_DEVICES=$(seq -s, $((i * gpus_per_process)) $(((i + 1) * gpus_per_process - 1)))")
     fi
-    log="$logdir/process_$i.log"
+    log="$logs_here/process_$i.log"
     if ((dry_run)); then
       echo "$(quoted env "${env_vars[@]}" "$py" "${train_cmd[@]}") > $(quoted "$log") 2>&1 &"
       continue
@@ -165,7 +170,15 @@ local)  # K processes on this machine
     fi
     pids+=($!)
   done
-  ((dry_run)) && { echo "wait"; exit 0; }
+  if ((dry_run)); then
+    echo "wait"
+    if [[ "$logs_here" != "$logdir" ]]; then
+      for ((i = 0; i < num_processes; i++)); do
+        run "$py" -m cm_jax.storage put "$logs_here/process_$i.log" "$logdir/process_$i.log"
+      done
+    fi
+    exit 0
+  fi
   # Preemption: forward SIGTERM / Ctrl-C to every process; jax.distributed's preemption sync
   # point then makes them all save the same step and exit.
   forward() { echo "launch/train.sh: forwarding SIG$1 to processes ${pids[*]}" >&2
@@ -190,6 +203,12 @@ local)  # K processes on this machine
     alive=("${still[@]+"${still[@]}"}")
     ((${#alive[@]})) && sleep 0.5
   done
+  if [[ "$logs_here" != "$logdir" ]]; then
+    for ((i = 0; i < num_processes; i++)); do
+      "$py" -m cm_jax.storage put "$logs_here/process_$i.log" "$logdir/process_$i.log" ||
+        echo "launch/train.sh: could not copy $logs_here/process_$i.log to $logdir/" >&2
+    done
+  fi
   exit "$status"
   ;;
 
@@ -203,7 +222,9 @@ slurm)
   nodes="${nodes:-${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}}"
   is_int "$nodes" || die "--nodes must be a positive integer, got '$nodes'"
   python_env
-  echo "$what on $nodes node(s) x $gpus GPU(s), one process per GPU"
+  # srun writes its --output files itself: with a gs:// workdir they go to ./logs here.
+  [[ "$workdir" == gs://* ]] && logdir="logs"
+  echo "$what on $nodes node(s) x $gpus GPU(s), one process per GPU; logs in $logdir/"
   run mkdir -p "$logdir"
   # JAX's SLURM detection gives process i GPU SLURM_LOCALID of its node: every task sees the
   # node's GPUs (--gpus-per-node, no per-task binding).

@@ -64,6 +64,20 @@ def test_student_records_and_starts_from_its_teacher(runs):
     teacher_lib.load(config, teacher_config, mesh, {**loaded.meta, "step": 3})
 
 
+def test_a_teacher_in_a_bucket_loads_as_its_local_copy(runs, gcs):
+  """--config.teacher=gs://...: checked and restored through the same layer as a gs:// resume."""
+  from tests.helpers.gcs_emulator import upload_tree
+  teacher, student, _, _, _ = runs
+  upload_tree(str(teacher), f"{gcs}/teacher")
+  config = checkpoint.load_config(str(student))
+  mesh = parallel.create_mesh()
+  local = teacher_lib.load(config, teacher_lib.check(config), mesh)
+  config.teacher = f"{gcs}/teacher"
+  remote = teacher_lib.load(config, teacher_lib.check(config), mesh)
+  assert remote.workdir == f"{gcs}/teacher" and remote.step == local.step == 4
+  assert remote.fingerprint == local.fingerprint
+
+
 def test_sample_cli_on_edm_and_cd_workdirs(runs, tmp_path):
   teacher, student, _, _, _ = runs
   out = sample(teacher, "--num_samples=3", f"--out={tmp_path}/heun.npz")

@@ -3,8 +3,9 @@ jax.distributed over localhost, gloo collectives) against one process over 4 dev
 
 - 2 processes end with the parameters of 1 process on the same global batch (to tolerance);
 - each process reads its own rows of every global batch (disjoint, together the whole batch);
-- SIGTERM to the launcher mid-training: every process stops at the same step and saves it, and
-  the next launch resumes to the same final parameters as the uninterrupted run;
+- SIGTERM to the launcher mid-training, on a gs:// workdir and data_dir (GCS emulator): every
+  process stops at the same step and saves it, and the next launch resumes to the same final
+  parameters as the uninterrupted run;
 - `--dry_run` prints the TPU and SLURM commands; bad launcher input is a clear error.
 """
 import os
@@ -118,9 +119,16 @@ def test_processes_read_disjoint_rows_that_make_the_global_batch():
     np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
 
 
-def test_sigterm_stops_every_process_at_one_step_and_resumes(single, tmp_path, cache_env):
-  workdir = tmp_path / "interrupted"
-  proc = launch(workdir, cache_env)
+def test_sigterm_stops_every_process_at_one_step_and_resumes(single, tmp_path, cache_env, gcs):
+  """On object storage, as on a TPU pod: the workdir and the dataset in the (emulated) bucket,
+  the logs copied there; the resumed run ends where the local one-process run ended."""
+  from cm_jax import storage
+  from tests.helpers.gcs_emulator import upload_tree
+  data.prepare_digits(str(tmp_path / "tfds"))
+  upload_tree(str(tmp_path / "tfds"), f"{gcs}/tfds")
+  workdir = f"{gcs}/interrupted"
+  on_gcs = f"--config.data.data_dir={gcs}/tfds"
+  proc = launch(workdir, cache_env, on_gcs)
   lines = []
   for line in proc.stdout:
     lines.append(line)
@@ -129,19 +137,20 @@ def test_sigterm_stops_every_process_at_one_step_and_resumes(single, tmp_path, c
       break
   out = "".join(lines) + finish(proc, status=75)  # stopped to be resumed (cli.EXIT_PREEMPTED)
   assert "Stopped by SIGTERM" in out and "stopping the others" not in out, out[-4000:]
-  logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+  logs = [storage.read_text(f"{workdir}/logs/process_{i}.log") for i in range(2)]
   stops = [re.findall(r"Stopped by SIGTERM at step (\d+)", log) for log in logs]
   assert stops[0] and stops[0] == stops[1], stops  # both processes saved the same step
   stopped_at = int(stops[0][0])
   assert stopped_at < STEPS, out[-3000:]
   assert restore(workdir)[1]["step"] == stopped_at
 
-  out = finish(launch(workdir, cache_env))  # the same command resumes
+  out = finish(launch(workdir, cache_env, on_gcs))  # the same command resumes
   assert f"Resumed from step {stopped_at}" in out, out[-3000:]
   a, _ = restore(single)
   b, meta = restore(workdir)
   assert meta["step"] == STEPS
   assert_same_state(a, b, atol=2e-5)
+  assert not os.path.exists(os.path.join(REPO_ROOT, "gs:"))
 
 
 def run_launcher(*args, env_extra=None, path=None):
@@ -265,6 +274,15 @@ def test_dry_run_prints_tpu_and_slurm_commands():
   procs = [l for l in out.stdout.splitlines() if l.startswith("env CM_JAX_DISTRIBUTED=1")]
   assert len(procs) == 2 and all("CM_JAX_NUM_PROCESSES=2" in l for l in procs), out.stdout
   assert "CM_JAX_PROCESS_ID=1" in procs[1] and "process_1.log" in procs[1]
+  # A gs:// workdir: the processes log to ./logs, copied into the bucket when they end.
+  out = run_launcher("--dry_run", "--num_processes=2", "--workdir=gs://b/run",
+                     env_extra={"CM_JAX_PYTHON": "py"})
+  lines = out.stdout.splitlines()
+  assert "mkdir -p logs" in lines and "> logs/process_1.log 2>&1 &" in out.stdout, out.stdout
+  assert lines[-1] == "py -m cm_jax.storage put logs/process_1.log gs://b/run/logs/process_1.log"
+  out = run_launcher("--dry_run", "--slurm", "--gpus_per_node=2", "--workdir=gs://b/run",
+                     env_extra={"CM_JAX_PYTHON": "py"})
+  assert "--output=logs/slurm-%j-%t.log" in out.stdout, out.stdout
 
 
 def test_bad_launcher_input_is_a_clear_error(tmp_path):
