@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.cli_runner import run_cli, sample, train
+from tests.cli_runner import sample, train
 
 # Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cm_jax import models
-from cm_jax.models import layers, ncsnpp
+from cm_jax.models import layers
 from configs import base
 
 

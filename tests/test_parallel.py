@@ -1,6 +1,5 @@
 """The sharded train step gives the same result on 8 devices as on 1 (same global batch)."""
 import json
-import os
 import subprocess
 import sys
 

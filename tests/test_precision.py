@@ -2,7 +2,6 @@
 float32 outputs close to the float32 network's."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from cm_jax import models
