@@ -254,7 +254,7 @@ tpu)
   remote_dir='~/cm_jax'
   echo "$what on TPU VM $tpu ($zone); worker logs in $logdir/"
   # 1. This checkout (without environments, runs or git history) to every worker.
-  run tar -czf "$bundle" --exclude=./.venv --exclude=./.git --exclude=./runs --exclude=./.whl \
+  run tar -czf "$bundle" --exclude=./.venv --exclude=./.git --exclude=./runs --exclude=./logs --exclude=./.whl \
     --exclude='*/__pycache__' .
   run gcloud compute tpus tpu-vm scp "$bundle" "$tpu:cm_jax_code.tgz" "${where[@]}"
   # 2. On every worker: Python >= 3.11 in its own environment (the TPU VM images' python3 is
