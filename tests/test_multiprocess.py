@@ -1,11 +1,10 @@
 """Multi-host code on one machine: `launch/train.sh --num_processes=2` (2 forced CPU devices each,
 jax.distributed over localhost, gloo collectives) against one process over 4 devices.
 
-- 2 processes end with the parameters of 1 process on the same global batch (to tolerance);
 - each process reads its own rows of every global batch (disjoint, together the whole batch);
 - SIGTERM to the launcher mid-training, on a gs:// workdir and data_dir (GCS emulator): every
-  process stops at the same step and saves it, and the next launch resumes to the same final
-  parameters as the uninterrupted run;
+  process stops at the same step and saves it, and the next launch resumes to the parameters of
+  one uninterrupted process on the same global batch (to tolerance), with its sample grid;
 - `--dry_run` prints the TPU and SLURM commands; bad launcher input is a clear error.
 """
 import os
@@ -80,30 +79,6 @@ def single(tmp_path_factory, cache_env):
   return workdir
 
 
-def test_two_processes_match_one(single, tmp_path, cache_env):
-  workdir = tmp_path / "two"
-  # With the end-of-run sample grid: sampling runs on both processes, process 0 writes it.
-  out = finish(launch(workdir, cache_env, "--config.train.num_grid_samples=4"))
-  logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]
-  # Each process read its own half of every global batch of 16.
-  assert "Process 0 of 2: rows [0, 8) of every global batch of 16" in logs[0], logs[0][-3000:]
-  assert "Process 1 of 2: rows [8, 16) of every global batch of 16" in logs[1], logs[1][-3000:]
-  assert "4 devices" in out
-  # Only process 0 writes TensorBoard events and the config.
-  events = [n for n in os.listdir(workdir / "tensorboard") if n.startswith("events")]
-  assert len(events) == 1, events
-  a, meta_a = restore(single)
-  b, meta_b = restore(workdir)
-  assert meta_a["step"] == meta_b["step"] == STEPS
-  assert_same_state(a, b, atol=2e-5)
-  # The grid the two processes sampled = the same seeds sampled here, on one device.
-  exp = Experiment.from_config(checkpoint.load_config(str(single)))
-  expected = images.make_grid(exp.generate(a.ema_params, [80.0], 4, seed=0))
-  grid = np.asarray(Image.open(workdir / "samples" / f"grid_step{STEPS:07d}.png"))[::4, ::4]
-  assert grid.shape == expected.shape[:2], (grid.shape, expected.shape)
-  assert np.abs(grid.astype(int) - expected[..., 0].astype(int)).max() <= 1
-
-
 def test_processes_read_disjoint_rows_that_make_the_global_batch():
   """What each process of a 2-process run reads: disjoint records, together the 1-process batch."""
   config = digits.get_config("method=ict,runlocal").data
@@ -127,8 +102,9 @@ def test_sigterm_stops_every_process_at_one_step_and_resumes(single, tmp_path, c
   data.prepare_digits(str(tmp_path / "tfds"))
   upload_tree(str(tmp_path / "tfds"), f"{gcs}/tfds")
   workdir = f"{gcs}/interrupted"
-  on_gcs = f"--config.data.data_dir={gcs}/tfds"
-  proc = launch(workdir, cache_env, on_gcs)
+  # With the end-of-run sample grid: sampling runs on both processes, process 0 writes it.
+  extra = (f"--config.data.data_dir={gcs}/tfds", "--config.train.num_grid_samples=4")
+  proc = launch(workdir, cache_env, *extra)
   lines = []
   for line in proc.stdout:
     lines.append(line)
@@ -144,12 +120,27 @@ def test_sigterm_stops_every_process_at_one_step_and_resumes(single, tmp_path, c
   assert stopped_at < STEPS, out[-3000:]
   assert restore(workdir)[1]["step"] == stopped_at
 
-  out = finish(launch(workdir, cache_env, on_gcs))  # the same command resumes
+  out = finish(launch(workdir, cache_env, *extra))  # the same command resumes
   assert f"Resumed from step {stopped_at}" in out, out[-3000:]
+  logs = [storage.read_text(f"{workdir}/logs/process_{i}.log") for i in range(2)]
+  assert "process 1 of 2, 2 local / 4 global devices" in logs[1], logs[1][-3000:]
+  # Each process read its own half of every global batch of 16.
+  assert "Process 0 of 2: rows [0, 8) of every global batch of 16" in logs[0], logs[0][-3000:]
+  assert "Process 1 of 2: rows [8, 16) of every global batch of 16" in logs[1], logs[1][-3000:]
+  # Only process 0 writes TensorBoard events: one file for each of the two launches.
+  events = [n for n in storage.listdir(f"{workdir}/tensorboard") if n.startswith("events")]
+  assert len(events) == 2, events
   a, _ = restore(single)
   b, meta = restore(workdir)
   assert meta["step"] == STEPS
   assert_same_state(a, b, atol=2e-5)
+  # The grid the two processes sampled = the same seeds sampled here, on one device.
+  exp = Experiment.from_config(checkpoint.load_config(str(single)))
+  expected = images.make_grid(exp.generate(a.ema_params, [80.0], 4, seed=0))
+  with storage.open_read(f"{workdir}/samples/grid_step{STEPS:07d}.png") as f:
+    grid = np.asarray(Image.open(f))[::4, ::4]
+  assert grid.shape == expected.shape[:2], (grid.shape, expected.shape)
+  assert np.abs(grid.astype(int) - expected[..., 0].astype(int)).max() <= 1
   assert not os.path.exists(os.path.join(REPO_ROOT, "gs:"))
 
 
