@@ -16,7 +16,7 @@ from tests.cli_runner import restore, train
 pytestmark = pytest.mark.slow
 
 CONFIG = "configs/digits.py:method=ct,runlocal"
-OVERRIDES = ("--config.train.num_steps=200", "--config.train.log_every=1",
+OVERRIDES = ("--config.train.num_steps=60", "--config.train.log_every=1",
              "--config.train.save_every=1000", "--config.train.sample_every=1000",
              "--config.eval.report_at_end=False")
 
@@ -32,7 +32,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
   log = []
   for line in proc.stderr:
     log.append(line)
-    if "step 20/200" in line:
+    if "step 20/60" in line:
       proc.send_signal(signal.SIGTERM)
       break
   _, rest = proc.communicate(timeout=300)
@@ -41,12 +41,12 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
   assert proc.returncode == 75, text[-3000:]  # cli.EXIT_PREEMPTED: stopped, to be resumed
   assert "Stopped by SIGTERM" in text, text[-3000:]
   stopped_at = int(restore(tmp_path / "interrupted")[1]["step"])
-  assert 20 <= stopped_at < 200
+  assert 20 <= stopped_at < 60
 
   train(tmp_path / "interrupted", CONFIG, *OVERRIDES)  # resumes
   a, meta_a = restore(tmp_path / "straight")
   b, meta_b = restore(tmp_path / "interrupted")
-  assert meta_a["step"] == meta_b["step"] == 200
+  assert meta_a["step"] == meta_b["step"] == 60
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # metrics.jsonl: every step once, the same losses as the uninterrupted run (rows the stopped
@@ -55,4 +55,4 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
     return [(row["step"], row["loss"]) for row in map(json.loads, lines)]
   assert losses("interrupted") == losses("straight")
-  assert [s for s, _ in losses("straight")] == list(range(1, 201))
+  assert [s for s, _ in losses("straight")] == list(range(1, 61))
