@@ -27,5 +27,5 @@ want="$(cat "$repo_root/pyproject.toml" | sha256sum | cut -c1-16) $repo_root [$e
 if [[ ! -f "$stamp" ]] || ! grep -qxF "$want" "$stamp"; then
   echo "Installing cm_jax${extras:+[$extras]} into $venv"
   python -m pip install --quiet --disable-pip-version-check -e "$spec"
-  echo "$want" >> "$stamp"
+  echo "$want" > "$stamp"  # the last install only: another checkout's install replaced ours
 fi
