@@ -116,7 +116,8 @@ def files_under(root: str) -> list[str]:
     found = [p[len(prefix):] for p in _fs(root).find(root) if p.startswith(prefix)]
   else:
     found = []
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+      dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # not walked at all
       rel = os.path.relpath(dirpath, root)
       found += [f if rel == "." else posixpath.join(*rel.split(os.sep), f) for f in filenames]
   return sorted(p for p in found if not any(part.startswith(".") for part in p.split("/")))
