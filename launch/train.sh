@@ -170,15 +170,14 @@ local)  # K processes on this machine
     fi
     pids+=($!)
   done
-  if ((dry_run)); then
-    echo "wait"
-    if [[ "$logs_here" != "$logdir" ]]; then
-      for ((i = 0; i < num_processes; i++)); do
-        run "$py" -m cm_jax.storage put "$logs_here/process_$i.log" "$logdir/process_$i.log"
-      done
-    fi
-    exit 0
-  fi
+  copy_logs() {  # a gs:// workdir: ./logs into the bucket
+    [[ "$logs_here" != "$logdir" ]] || return 0
+    for ((i = 0; i < num_processes; i++)); do
+      run "$py" -m cm_jax.storage put "$logs_here/process_$i.log" "$logdir/process_$i.log" ||
+        echo "launch/train.sh: could not copy $logs_here/process_$i.log to $logdir/" >&2
+    done
+  }
+  ((dry_run)) && { echo "wait"; copy_logs; exit 0; }
   # Preemption: forward SIGTERM / Ctrl-C to every process; jax.distributed's preemption sync
   # point then makes them all save the same step and exit.
   forward() { echo "launch/train.sh: forwarding SIG$1 to processes ${pids[*]}" >&2
@@ -203,12 +202,7 @@ local)  # K processes on this machine
     alive=("${still[@]+"${still[@]}"}")
     ((${#alive[@]})) && sleep 0.5
   done
-  if [[ "$logs_here" != "$logdir" ]]; then
-    for ((i = 0; i < num_processes; i++)); do
-      "$py" -m cm_jax.storage put "$logs_here/process_$i.log" "$logdir/process_$i.log" ||
-        echo "launch/train.sh: could not copy $logs_here/process_$i.log to $logdir/" >&2
-    done
-  fi
+  copy_logs
   exit "$status"
   ;;
 
