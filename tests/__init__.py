@@ -4,8 +4,8 @@ import os
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# The session's persistent compilation cache (set by conftest.py): a CLI that compiles the programs
-# an earlier subprocess compiled loads them instead (a digits training run: ~90 s -> ~22 s).
+# The session's persistent compilation cache (made by conftest.py, shared by the xdist workers and
+# single-process subprocesses): a process that compiles a program another one compiled loads it.
 CACHE_VAR = "CM_JAX_TEST_COMPILATION_CACHE"
 
 # jax reads it at import; conftest.py sets it for the suite (tests compile small programs once).

@@ -1,6 +1,9 @@
-"""Session-wide set-up: unoptimised compiles, one offline TFDS dir and one feature-net cache for
-every test, and an order that lets the xdist workers finish together."""
+"""Session-wide set-up: unoptimised compiles, one persistent compilation cache, one offline TFDS
+dir and one feature-net cache for every test, and an order that lets the xdist workers finish
+together."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -10,6 +13,24 @@ from tests import CACHE_VAR, UNOPTIMIZED_VAR
 # example tests do the same). Set before jax is imported, so this process and every subprocess
 # (subprocess_env keeps it unless asked for optimised compiles) read it.
 os.environ.setdefault(UNOPTIMIZED_VAR, "1")
+
+
+def pytest_configure(config):
+  """One compilation cache for the session: made by the process that starts the xdist workers
+  (they inherit the variable), read and written by the workers' own compiles and by every
+  single-process subprocess (subprocess_env). Every program is cached, however fast it compiled:
+  the suite compiles the same small programs in many processes."""
+  if CACHE_VAR not in os.environ:
+    os.environ[CACHE_VAR] = tempfile.mkdtemp(prefix="cm_jax_test_compilation_cache_")
+    config._cm_jax_made_cache = os.environ[CACHE_VAR]
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[CACHE_VAR]   # read when jax is imported
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+  made = getattr(config, "_cm_jax_made_cache", None)
+  if made:
+    shutil.rmtree(made, ignore_errors=True)
 
 # Modules that take minutes, longest first: scheduled first so that no worker starts one of them
 # when the others are nearly done. Only the order changes; a module missing here runs later.
@@ -45,10 +66,9 @@ def optimized_compiles(request):
 def isolated_caches(tmp_path_factory):
   """Tests never touch ~/tensorflow_datasets or ~/.cache; subprocesses inherit the same dirs."""
   root = tmp_path_factory.mktemp("caches")
-  saved = {k: os.environ.get(k) for k in ("TFDS_DATA_DIR", "XDG_CACHE_HOME", CACHE_VAR)}
+  saved = {k: os.environ.get(k) for k in ("TFDS_DATA_DIR", "XDG_CACHE_HOME")}
   os.environ["TFDS_DATA_DIR"] = str(root / "tfds")
   os.environ["XDG_CACHE_HOME"] = str(root / "cache")
-  os.environ[CACHE_VAR] = str(root / "jax_compilation_cache")  # subprocess_env passes it on
   yield root
   for k, v in saved.items():
     if v is None:
