@@ -13,6 +13,8 @@ Splits (fixed, stratified, no randomness involved): `test` takes 30 images of ea
 spaced through that digit's examples in scikit-learn's order (so spread across writers), 300 in
 all; `train` is the other 1497. Pixel values 0..16 are scaled to 0..255 with rounding.
 """
+import sys
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -29,6 +31,14 @@ def test_indices(labels: np.ndarray) -> np.ndarray:
     positions = np.round(np.linspace(0, len(members) - 1, TEST_PER_CLASS)).astype(int)
     chosen.append(members[positions])
   return np.sort(np.concatenate(chosen))
+
+
+if __name__ == "__main__":
+  # `python -m` runs this file a second time, after the package import has defined and
+  # registered the builder below: defining it again would be refused, so the imported module
+  # does the work.
+  from cm_jax.data import digits as _imported
+  sys.exit(_imported.main(sys.argv))
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
@@ -84,11 +94,12 @@ def prepare_digits(data_dir: str) -> None:
       raise
 
 
-if __name__ == "__main__":
-  # `python -m cm_jax.data.digits DATA_DIR`: build on a local disk, then upload the folder to
-  # a gs:// data_dir (array_record cannot write to object storage).
-  import sys
-  if len(sys.argv) != 2:
-    sys.exit("usage: python -m cm_jax.data.digits DATA_DIR (a local folder)")
-  prepare_digits(sys.argv[1])
-  print(f"Built digits into {sys.argv[1]}/digits.")
+def main(argv: list[str]) -> int:
+  """`python -m cm_jax.data.digits DATA_DIR`: build on a local disk, then upload the folder to
+  a gs:// data_dir (array_record cannot write to object storage)."""
+  if len(argv) != 2 or argv[1].startswith("-"):
+    print("usage: python -m cm_jax.data.digits DATA_DIR (a local folder)", file=sys.stderr)
+    return 2
+  prepare_digits(argv[1])
+  print(f"Built digits into {argv[1]}/digits.")
+  return 0
