@@ -51,6 +51,13 @@ _NUM_ALPHAS = flags.DEFINE_integer("num_alphas", 8, "interpolate: points per pai
 _NUM_PAIRS = flags.DEFINE_integer("num_pairs", 4, "interpolate without --images: noise pairs.")
 flags.mark_flag_as_required("task")
 FLAGS = flags.FLAGS
+# The sampling flags (defined in cm_jax.sample) that editing reads: listed by edit's --help.
+SHARED_FLAGS = ("workdir", "out", "grid", "params", "checkpoint", "steps", "sigmas", "ts",
+                "ts_grid", "labels", "seed", "batch_size")
+# The sampling flags that mean nothing to an edit: refused when given, never silently ignored.
+SAMPLE_ONLY_FLAGS = ("times", "edm_levels", "edm_solver", "num_samples")
+for _name in SHARED_FLAGS:
+  flags.declare_key_flag(_name)
 
 # fold_in salt for the stroke masks' and added noise's keys; below the label stream's (sampling.py)
 # and far above any sampling step's.
@@ -216,6 +223,10 @@ def main(argv: list[str]) -> None:
   with cli.user_errors_exit():
     parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
     task = _TASK.value
+    given = [f"--{name}" for name in SAMPLE_ONLY_FLAGS if FLAGS[name].present]
+    if given:
+      raise UserError(f"{', '.join(given)}: cm_jax.sample's, not read by edit; the edit's "
+                      f"levels come from --steps, --sigmas or --ts.")
     files.check_output_file(FLAGS.out, "--out", ".npz")
     if FLAGS.grid:
       files.check_output_file(FLAGS.grid, "--grid", ".png")

@@ -119,6 +119,8 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path):
          "--factor must be one of (2, 4, 8)")
   _error(edit(w, "--task=colorize", images, out, check=False), "needs RGB images")
   _error(edit(w, "--task=sharpen", images, out, check=False), "--task")
+  _error(edit(w, "--task=inpaint", images, "--num_samples=3", "--edm_levels=5", out, check=False),
+         "--edm_levels, --num_samples: cm_jax.sample's, not read by edit")
   assert not (tmp_path / "x.npz").exists()
 
 
