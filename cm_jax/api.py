@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cm_jax import editing
+from cm_jax import editing, plans
 from cm_jax.errors import UserError
-from cm_jax.evaluation import plans
 from cm_jax.train import report, restore
 from cm_jax.train.experiment import Experiment
 
@@ -42,20 +41,15 @@ class Model:
     return self.experiment.num_classes
 
   def plan(self, steps: Optional[int] = None, sigmas: Optional[Sequence[float]] = None):
-    """The sampling plan: explicit `sigmas` (TrigFlow and MeanFlow models: times), else `steps`
-    through the same resolver as the report and `cm_jax.evaluate` (2 steps: the searched level
-    if any); a denoiser takes its configured ODE solver."""
-    if sigmas is not None:
-      if steps is not None:
-        raise UserError("Give steps or sigmas, not both.")
-      return [float(s) for s in sigmas]
-    if self.experiment.is_denoiser:
-      if steps is not None:
-        raise UserError(f"A method={self.config.method} workdir is sampled by its ODE solver "
-                        "(config.sample.edm_solver / edm_levels); it takes no steps.")
-      return next(iter(plans.step_plans(self.config, self.experiment.levels, [1]).values()))
-    k = 1 if steps is None else steps
-    return plans.step_plans(self.config, self.experiment.levels, [k], self.workdir)[f"{k}-step"]
+    """The sampling plan, through the resolver every CLI uses (cm_jax.plans.resolve): explicit
+    `sigmas` (TrigFlow and MeanFlow models: times), else `steps` (default 1; 2 steps: the
+    searched level if any); a denoiser takes its configured ODE solver."""
+    if sigmas is not None and steps is not None:
+      raise UserError("Give steps or sigmas, not both.")
+    levels = None if sigmas is None else [float(s) for s in sigmas]
+    in_time = self.experiment.plans_in_time and not self.experiment.is_denoiser
+    return plans.resolve(self.config, workdir=self.workdir, steps=steps,
+                         sigmas=None if in_time else levels, times=levels if in_time else None)
 
   def sample(self, num_samples: int, steps: Optional[int] = None,
              sigmas: Optional[Sequence[float]] = None, seed: int = 0, labels=None,

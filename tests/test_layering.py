@@ -22,10 +22,12 @@ LAYERS = [
     ("models", ["cm_jax.models"]),
     ("losses", ["cm_jax.distances"]),
     ("methods", ["cm_jax.methods"]),
+    # sampling plans: steps / sigmas / ts / times / ODE solvers / the searched 2-step level
+    ("plans", ["cm_jax.plans"]),
     ("train", ["cm_jax.train", "cm_jax.checkpoint"]),
     ("evaluation", ["cm_jax.evaluation"]),
     # command lines and tools
-    ("tools", ["cm_jax.sample", "cm_jax.edit", "cm_jax.evaluate", "cm_jax.bench",
+    ("tools", ["cm_jax.sample", "cm_jax.sampling_flags", "cm_jax.edit", "cm_jax.evaluate", "cm_jax.bench",
                "cm_jax.convert", "cm_jax.train.report", "cm_jax.train.__main__", "cm_jax.api"]),
 ]
 

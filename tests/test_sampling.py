@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cm_jax import karras, sampling
-from cm_jax.sample import resolve_sigmas
+from cm_jax import karras, plans, sampling
 from cm_jax.train.experiment import Experiment
 from configs import digits
 from tests import subprocess_env
@@ -70,8 +69,8 @@ def test_released_ts_map_to_spec_sigmas(ts, steps):
   np.testing.assert_allclose(got, [spec_sigma(ts[0], steps), spec_sigma(ts[1], steps)],
                              rtol=1e-10)
   assert got[0] == pytest.approx(80.0)
-  np.testing.assert_allclose(resolve_sigmas(LEVELS, None, None, [str(t) for t in ts], steps,
-                                            2.5), got)
+  config = digits.get_config("method=ict,runlocal")
+  np.testing.assert_allclose(plans.resolve(config, ts=[str(t) for t in ts], ts_grid=steps), got)
 
 
 def test_ts_edge_cases():

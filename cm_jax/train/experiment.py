@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from cm_jax import flow, karras, methods, models, parallel, sampling, trigflow
+from cm_jax import flow, karras, methods, models, parallel, plans, sampling, trigflow
 from cm_jax.errors import UserError
 from cm_jax.train import state as state_lib
 
@@ -149,18 +149,12 @@ class Experiment:
     return lambda x, sigma: karras.denoiser(net, x, sigma, self.levels)
 
   def default_plan(self):
-    """What a preview samples: 1 step from sigma_max, or the config's ODE solver for EDM."""
-    if self.is_denoiser:
-      return sampling.EDMPlan.from_config(self.config.sample)
-    if self.is_flow:
-      return [1.0]
-    return [trigflow.HALF_PI] if self.is_trigflow else [self.levels.sigma_max]
+    """What a preview samples: 1 step from the top level, or the config's ODE solver for EDM."""
+    return plans.resolve(self.config)
 
   def check_plan(self, plan) -> list[float]:
     """A consistency plan validated in the model's own time: sigmas, TrigFlow or flow times."""
-    check = (flow.check_times if self.is_flow else trigflow.check_times if self.is_trigflow
-             else lambda p: sampling.check_sigmas(p, self.levels))
-    return [float(s) for s in check(plan)]
+    return plans.check_plan(self.config, plan)
 
   def sampler(self, plan, clip: bool = True):
     """jitted (params, key, indices [B], labels [B] | None) -> images [B, H, W, C] in [-1, 1].

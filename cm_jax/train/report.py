@@ -14,24 +14,12 @@ import os
 import jax
 import numpy as np
 
-from cm_jax import cli, data, files, images, storage
+from cm_jax import cli, data, files, images, plans, storage
 from cm_jax.errors import MissingPath, UserError
-from cm_jax.evaluation import digit_features, plans
+from cm_jax.evaluation import digit_features
 from cm_jax.train import restore
 
 log = logging.getLogger("cm_jax")
-
-
-def feature_cache_dir() -> str:
-  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(root, "cm_jax")
-
-
-def sampling_plans(config, levels) -> dict:
-  """The end-of-run plans: 1 and 2 steps (config.sample.two_step_sigma; sCT / sCD at TrigFlow
-  times pi/2 and scm.two_step_t), or a denoiser's ODE solver (Heun, 18 levels = 35 evaluations
-  by default)."""
-  return plans.step_plans(config, levels, [1, 2])
 
 
 def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict, dict]:
@@ -39,11 +27,13 @@ def score_digits(exp, params, num_samples: int = 0, seed: int = 1) -> tuple[dict
   config = exp.config
   reference = data.load_split(config.data, "train")
   heldout = data.load_split(config.data, "test")
-  net = digit_features.load_or_train(feature_cache_dir(), reference["image"], reference["label"])
+  net = digit_features.load_or_train(digit_features.default_cache_dir(), reference["image"], reference["label"])
   n = num_samples or len(heldout["image"])
   n_heldout = min(n, len(heldout["image"]))  # short smoke runs score fewer samples
   results, samples = {}, {}
-  for name, plan in sampling_plans(config, exp.levels).items():
+  # The end-of-run plans: 1 and 2 steps at the config's levels (no workdir: the report comes
+  # before any search), or a denoiser's ODE solver.
+  for name, plan in plans.step_plans(config, [1, 2]).items():
     samples[name] = exp.generate(params, plan, n, seed=seed)
     report = digit_features.quality_report(net, samples[name], reference["image"],
                                            heldout["image"][:n_heldout])
