@@ -27,9 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cm_jax import cli, editing, files, images, parallel, sample, sampling, storage
+from cm_jax import cli, editing, files, images, parallel, sampling, sampling_flags, storage
 from cm_jax.errors import MissingPath, UserError
-from cm_jax.evaluation import two_step
 from cm_jax.train.experiment import Experiment
 
 log = logging.getLogger("cm_jax")
@@ -50,14 +49,13 @@ _ADD_NOISE = flags.DEFINE_bool("add_noise", True, "denoise: add noise of --noise
 _NUM_ALPHAS = flags.DEFINE_integer("num_alphas", 8, "interpolate: points per pair, ends included.")
 _NUM_PAIRS = flags.DEFINE_integer("num_pairs", 4, "interpolate without --images: noise pairs.")
 flags.mark_flag_as_required("task")
-FLAGS = flags.FLAGS
-# The sampling flags (defined in cm_jax.sample) that editing reads: listed by edit's --help.
-SHARED_FLAGS = ("workdir", "out", "grid", "params", "checkpoint", "steps", "sigmas", "ts",
-                "ts_grid", "labels", "seed", "batch_size")
-# The sampling flags that mean nothing to an edit: refused when given, never silently ignored.
-SAMPLE_ONLY_FLAGS = ("times", "edm_levels", "edm_solver", "num_samples")
-for _name in SHARED_FLAGS:
-  flags.declare_key_flag(_name)
+# Editing walks consistency levels in sigma: no TrigFlow/flow times, no ODE solver, no count.
+CHECKPOINT = sampling_flags.define_checkpoint_flags()
+PLAN = sampling_flags.define_plan_flags(times=False, ode=False)
+DRAW = sampling_flags.define_draw_flags()
+OUTPUT = sampling_flags.define_output_flags("edited images")
+flags.adopt_module_key_flags(sampling_flags)  # --help lists the shared groups and --debug
+flags.adopt_module_key_flags(cli)
 
 # fold_in salt for the stroke masks' and added noise's keys; below the label stream's (sampling.py)
 # and far above any sampling step's.
@@ -223,42 +221,36 @@ def main(argv: list[str]) -> None:
   with cli.user_errors_exit():
     parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
     task = _TASK.value
-    given = [f"--{name}" for name in SAMPLE_ONLY_FLAGS if FLAGS[name].present]
-    if given:
-      raise UserError(f"{', '.join(given)}: cm_jax.sample's, not read by edit; the edit's "
-                      f"levels come from --steps, --sigmas or --ts.")
-    files.check_output_file(FLAGS.out, "--out", ".npz")
-    if FLAGS.grid:
-      files.check_output_file(FLAGS.grid, "--grid", ".png")
+    DRAW.check()
+    OUTPUT.check()
     if _IMAGES.value is None and task != "interpolate":
       raise UserError(f"--task={task} needs --images.")
-    level_flags = FLAGS.sigmas or FLAGS.ts or FLAGS.steps
-    if task == "denoise" and level_flags:
+    if task == "denoise" and PLAN.given():
       raise UserError("--task=denoise evaluates f once at --noise_sigma; it takes no "
                       "--sigmas, --ts or --steps.")
     if task != "denoise" and _NOISE_SIGMA.value is not None:
       raise UserError("--noise_sigma is for --task=denoise only.")
-    if task != "inpaint" and FLAGS["mask"].present:
+    if task != "inpaint" and _MASK.present:
       raise UserError("--mask is for --task=inpaint only.")
     if task == "superres" and _FACTOR.value not in editing.SUPERRES_FACTORS:
       raise UserError(f"--factor must be one of {editing.SUPERRES_FACTORS}, got {_FACTOR.value}.")
-    exp, params, step = sample.load_params(FLAGS.workdir, FLAGS.params, FLAGS.checkpoint)
-    if exp.is_denoiser:
-      raise UserError(f"{FLAGS.workdir} holds an EDM denoiser; editing (CM Algorithm 4) needs a "
-                      "consistency model (method ct, ict, cd, ...).")
+    model = CHECKPOINT.load()
+    exp, params, step, workdir = model.experiment, model.params, model.step, model.workdir
+    if exp.is_denoiser or exp.is_trigflow:
+      raise UserError(f"{workdir} holds a method={exp.config.method} model; editing (CM "
+                      "Algorithm 4) needs a consistency function in sigma (method ct, ict, cd, "
+                      "ect or meanflow).")
     h, w, c = exp.sample_shape
-    # The 2-step level as `sample` takes it: the searched one (evaluate --search_ts) if any.
-    level = two_step.two_step_sigma(FLAGS.workdir, exp.config)[0]
-    sigmas = sample.resolve_sigmas(exp.levels, FLAGS.steps, FLAGS.sigmas, FLAGS.ts,
-                                   FLAGS.ts_grid, level)
-    sigmas = [float(s) for s in sampling.check_sigmas(sigmas, exp.levels)]
+    # The plan every sampling command resolves (a MeanFlow model edits in sigma, through its
+    # sigma-time consistency function); 2 steps take the searched level as `sample` does.
+    sigmas = PLAN.resolve(exp.config, workdir, in_sigma=True)
     if _IMAGES.value is not None:
       y = to_float(check_size(images.load_images(_IMAGES.value, c, "--images"), h, w,
                               _FACTOR.value if task == "superres" else None))
     else:
       y = np.zeros((2 * _NUM_PAIRS.value, h, w, c), np.float32)
     count = len(y) // 2 if task == "interpolate" else len(y)
-    wanted = sample.parse_labels(FLAGS.labels)
+    wanted = DRAW.parsed_labels()
     if wanted is None and exp.num_classes and task != "interpolate":
       # A class-conditional model edits real images under their own labels when the archive
       # carries them (arr_1, as the sample CLI and ADM write it); else they are drawn at random.
@@ -266,33 +258,33 @@ def main(argv: list[str]) -> None:
       if wanted is None:
         log.warning("%s is class-conditional and %s holds no labels (arr_1): labels are drawn "
                     "at random; pass --labels to condition the edit on the images' classes.",
-                    FLAGS.workdir, _IMAGES.value)
-    labels = exp.resolve_labels(wanted, count, seed=FLAGS.seed)
+                    workdir, _IMAGES.value)
+    labels = exp.resolve_labels(wanted, count, seed=DRAW.seed.value)
     # The edit's noise uses the sampler's key, so interpolation ends are the sample CLI's
     # samples 2k, 2k+1 of the same seed; masks and added noise get streams of their own.
-    key = jax.random.PRNGKey(FLAGS.seed)
+    key = jax.random.PRNGKey(DRAW.seed.value)
     keys = (key, *jax.random.split(jax.random.fold_in(key, _AUX_STREAM)))  # edit, mask, noise
 
     if task == "denoise":
-      edited, columns, ncols = _denoise_task(exp, params, y, labels, keys, FLAGS.batch_size)
+      edited, columns, ncols = _denoise_task(exp, params, y, labels, keys, DRAW.batch_size.value)
     elif task == "interpolate":
       edited, columns, ncols = _interpolate_task(exp, params, y, labels, sigmas, keys,
-                                                 FLAGS.batch_size)
+                                                 DRAW.batch_size.value)
       labels = None if labels is None else np.repeat(labels, _NUM_ALPHAS.value)
       if _IMAGES.value is None:
         columns = columns[1:2]
         ncols -= 2
     else:
       edited, columns, ncols = _projection_task(exp, params, task, y, labels, sigmas, keys,
-                                                FLAGS.batch_size)
+                                                DRAW.batch_size.value)
     if jax.process_index() == 0:
       out = sampling.to_uint8(edited)
-      save_npz(FLAGS.out, arr_0=out, **({} if labels is None else {"arr_1": labels}))
+      save_npz(OUTPUT.out.value, arr_0=out, **({} if labels is None else {"arr_1": labels}))
       what = f"at sigmas {sigmas}" if task != "denoise" else f"from sigma {_NOISE_SIGMA.value}"
-      print(f"Wrote {len(out)} {task} results of checkpoint step {step} {what} to {FLAGS.out}")
-      if FLAGS.grid:
-        images.save_png(FLAGS.grid, grid_of(columns, ncols), scale=4)
-        print(f"Grid: {FLAGS.grid}")
+      print(f"Wrote {len(out)} {task} results of checkpoint step {step} {what} to {OUTPUT.out.value}")
+      if OUTPUT.grid.value:
+        images.save_png(OUTPUT.grid.value, grid_of(columns, ncols), scale=4)
+        print(f"Grid: {OUTPUT.grid.value}")
 
 
 if __name__ == "__main__":
