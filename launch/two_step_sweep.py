@@ -9,7 +9,6 @@ import sys
 import cm_jax
 from cm_jax import data
 from cm_jax.evaluation import digit_features
-from cm_jax.train.report import feature_cache_dir
 
 
 def main(argv):
@@ -19,7 +18,7 @@ def main(argv):
   if argv[3:] == ["--no_clip"]:
     m.config.sample.clip = False
   ref, held = (data.load_split(m.config.data, split) for split in ("train", "test"))
-  net = digit_features.load_or_train(feature_cache_dir(), ref["image"], ref["label"])
+  net = digit_features.load_or_train(digit_features.default_cache_dir(), ref["image"], ref["label"])
   top = m.plan(steps=1)[0]
 
   def show(name, plan):

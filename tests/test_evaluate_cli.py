@@ -109,7 +109,7 @@ def test_workdir_evaluation_resumes_where_it_stopped(workdir, tmp_path):
 def test_search_ts_writes_the_level_that_sample_uses(workdir, tmp_path):
   wd = str(tmp_path / "search")
   shutil.copytree(workdir, wd)
-  out = run_cli("cm_jax.evaluate", f"--workdir={wd}", "--search_ts", "--ts_grid=6",
+  out = run_cli("cm_jax.evaluate", f"--workdir={wd}", "--search_ts", "--search_grid=6",
                 "--num_samples=16", "--batch_size=16", "--ref=data:test")
   evaluated = out.stdout.count("Search: ts=0,")
   with open(os.path.join(wd, "eval", "two_step_sigma.json")) as f:

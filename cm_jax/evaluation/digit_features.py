@@ -230,6 +230,12 @@ def _restore_params(path: str, resolution: int, num_classes: int) -> Any:
   return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
 
 
+def default_cache_dir() -> str:
+  """Where the trained classifier is cached: $XDG_CACHE_HOME/cm_jax, else ~/.cache/cm_jax."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(root, "cm_jax")
+
+
 def load_or_train(cache_dir: str, train_images: np.ndarray, train_labels: np.ndarray, *,
                   seed: int = 0, steps: int = DEFAULT_STEPS,
                   num_classes: int = 10) -> DigitFeatureNet:
