@@ -19,6 +19,7 @@ from cm_jax.errors import Diverged, UserError
 from cm_jax.train import metrics as metrics_lib
 from cm_jax.train import teacher as teacher_lib
 from cm_jax.train.experiment import Experiment
+from cm_jax.train.state import TrainState
 from cm_jax.train.step import make_finite_check, make_train_step
 
 log = logging.getLogger("cm_jax")
@@ -240,25 +241,45 @@ def _claim_workdir(workdir: str, config: ml_collections.ConfigDict):
     lock.release()
 
 
+def init_or_restore(exp: Experiment, config: ml_collections.ConfigDict,
+                    ckpt: checkpoint.Checkpointer,
+                    teacher_config: Optional[ml_collections.ConfigDict],
+                    ) -> tuple[TrainState, Optional[teacher_lib.Teacher], Optional[dict]]:
+  """(state, teacher, resumed meta) the run starts from. The one place that decides, in order:
+
+  1. resume: the newest checkpoint in the workdir that restores (a damaged newer one is moved
+     aside with a warning). A checkpoint means this run is part done, and its state (weights,
+     optimizer, step = data position) is the only one that continues it: a resumed run never
+     re-reads its teacher's weights as a start, nor its seed. Its teacher is loaded as the one
+     the checkpoint recorded (that step, those weights, or a refusal), for the loss and the meta;
+     the teacher's newer checkpoints are not picked up mid-run.
+  2. teacher start: a new distillation run (teacher_config given) starts from its teacher's
+     weights (teacher.init_student), its latest checkpoint.
+  3. fresh: random weights from config.seed.
+
+  teacher is None without teacher_config; resumed meta is None unless resumed.
+  """
+  state, resumed = ckpt.restore_latest_good(exp.abstract_state())
+  if state is not None:
+    teacher = None if teacher_config is None else teacher_lib.load(
+        config, teacher_config, exp.mesh, recorded=resumed.get("teacher"))
+    log.info("Resumed from step %d in %s", resumed["step"], ckpt.directory)
+    return state, teacher, resumed
+  if teacher_config is not None:
+    teacher = teacher_lib.load(config, teacher_config, exp.mesh)
+    state = teacher_lib.init_student(exp, int(config.seed), teacher)
+    if parallel.fsdp_size(exp.mesh) > 1:  # init_student builds it replicated
+      state = parallel.reshard(state, exp.state_sharding())
+    return state, teacher, None
+  return exp.init_state(int(config.seed)), None, None
+
+
 def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
            teacher_config) -> dict:
   tc = config.train
   global_batch = int(tc.batch_size)
   ckpt = checkpoint.Checkpointer(workdir, keep=int(tc.keep_checkpoints))
-  teacher = None
-  # The newest checkpoint that restores (a damaged newer one is moved aside with a warning).
-  state, resumed = ckpt.restore_latest_good(exp.abstract_state())
-  if state is not None:
-    if teacher_config is not None:
-      teacher = teacher_lib.load(config, teacher_config, exp.mesh, recorded=resumed.get("teacher"))
-    log.info("Resumed from step %d in %s", resumed["step"], ckpt.directory)
-  elif teacher_config is not None:
-    teacher = teacher_lib.load(config, teacher_config, exp.mesh)
-    state = teacher_lib.init_student(exp, int(config.seed), teacher)
-    if parallel.fsdp_size(exp.mesh) > 1:  # init_student builds it replicated
-      state = parallel.reshard(state, exp.state_sharding())
-  else:
-    state = exp.init_state(int(config.seed))
+  state, teacher, resumed = init_or_restore(exp, config, ckpt, teacher_config)
   # Never donated, never saved; ECT only starts from its teacher and does not query it.
   frozen = teacher.ema_params if teacher is not None and exp.method.uses_teacher else None
   start = int(jax.device_get(state.step))
