@@ -67,35 +67,28 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> None:
-  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
-  if bad:
-    raise Diverged(
-        f"Non-finite {', '.join(bad)} at step {step}; nothing from this step was saved. Last good "
-        f"checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.learning_rate or "
-        "set optim.grad_clip, then resume.")
+class _NonFiniteGuard:
+  """The run's one policy on non-finite values: what is checked, when, and what then happens.
 
-
-def _last_good(ckpt: checkpoint.Checkpointer) -> str:
-  ckpt.wait()  # an async save in flight counts once it is finished
-  step = ckpt.latest_step()
-  return f"none yet in {ckpt.directory}" if step is None else f"step {step} in {ckpt.directory}"
-
-
-class _NonFinite:
-  """Counts non-finite steps on the device (no host sync per step); read at log and save steps.
-
-  Without train.skip_nonfinite the first one stops the run, naming it and the last good
-  checkpoint; with it, the skipped steps are counted (also across resumes, through the meta).
+  Every step adds its `nonfinite` flag (loss or gradient norm not finite) to a tally on the device,
+  so no step waits for the host. The tally is read at log steps and before every save:
+  - stop mode (the default): the first non-finite step raises Diverged naming it and the last good
+    checkpoint, and so do non-finite logged metrics;
+  - skip mode (train.skip_nonfinite): the train step did not apply such a step; it is counted,
+    logged, and recorded as skipped_steps in the metrics and the checkpoint meta (the count goes
+    on across resumes).
+  Before a save the whole state is checked as well, in both modes: no checkpoint ever holds NaN.
   """
 
-  def __init__(self, mesh, start: int, skip: bool, skipped_before: int):
-    self.start, self.skip, self.before = start, skip, skipped_before
+  def __init__(self, mesh, ckpt: checkpoint.Checkpointer, start: int, skip: bool,
+               skipped_before: int):
+    self.ckpt, self.start, self.skip, self.before = ckpt, start, skip, skipped_before
     self._zeros = jax.jit(lambda: (jnp.int32(0), jnp.int32(-1), jnp.int32(0)),
                           out_shardings=parallel.replicated(mesh))
     self._add = jax.jit(self._update, donate_argnums=0)
+    self._state_is_finite = make_finite_check(mesh)
     self._tally = None
-    self.reported = 0
+    self._reported = 0
 
   @staticmethod
   def _update(tally, bad):
@@ -105,24 +98,47 @@ class _NonFinite:
     return count + bad, first, seen
 
   def add(self, bad) -> None:
+    """After every step: its metrics['nonfinite']."""
     self._tally = self._add(self._zeros() if self._tally is None else self._tally, bad)
 
-  def check(self, ckpt: checkpoint.Checkpointer) -> int:
-    """Raises (stop mode) or returns the total of skipped steps (skip mode)."""
+  def at_log(self, step: int, host_metrics: dict) -> int:
+    """At a log step: raises (stop mode) or returns the skipped steps so far (skip mode)."""
+    skipped = self._skipped()
+    if not self.skip:
+      bad = [k for k, v in host_metrics.items() if not np.all(np.isfinite(v))]
+      if bad:
+        raise self._diverged(f"Non-finite {', '.join(bad)} at step {step}",
+                             "Lower optim.learning_rate or set optim.grad_clip, then resume.")
+    return skipped
+
+  def before_save(self, step: int, state) -> int:
+    """Before saving `state` at `step`: raises, or returns the skipped steps for the meta."""
+    skipped = self._skipped()
+    if not bool(jax.device_get(self._state_is_finite(state))):
+      raise self._diverged(f"The train state holds non-finite values at step {step}")
+    return skipped
+
+  def _skipped(self) -> int:
     if self._tally is None:
       return self.before
     count, first, _ = (int(x) for x in jax.device_get(self._tally))
     if count and not self.skip:
-      raise Diverged(
-          f"Non-finite loss or gradient at step {self.start + first}; nothing from it was saved. "
-          f"Last good checkpoint: {_last_good(ckpt)}. Lower "
-          "optim.learning_rate or set optim.grad_clip and resume, or set "
+      raise self._diverged(
+          f"Non-finite loss or gradient at step {self.start + first}",
+          "Lower optim.learning_rate or set optim.grad_clip and resume, or set "
           "--config.train.skip_nonfinite=True to skip such steps.")
-    if count > self.reported:
+    if count > self._reported:
       log.warning("Skipped %d step(s) with a non-finite loss or gradient so far (the first at step "
                   "%d); their updates were not applied.", count, self.start + first)
-      self.reported = count
+      self._reported = count
     return self.before + count
+
+  def _diverged(self, what: str, advice: str = "") -> Diverged:
+    self.ckpt.wait()  # an async save in flight counts once it is finished
+    last = self.ckpt.latest_step()
+    last = "none yet" if last is None else f"step {last}"
+    return Diverged(f"{what}; nothing from it was saved. Last good checkpoint: {last} in "
+                    f"{self.ckpt.directory}. {advice}".rstrip())
 
 
 def _duration(seconds: float) -> str:
@@ -313,21 +329,15 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
   train_step = make_train_step(exp.method, exp.tx, float(config.ema_rate), exp.mesh,
                                skip_nonfinite=skip, state_sharding=exp.state_sharding(),
                                grad_accum=int(tc.get("grad_accum", 1)))
-  state_is_finite = make_finite_check(exp.mesh)
-  nonfinite = _NonFinite(exp.mesh, start, skip, int((resumed or {}).get("skipped_steps", 0)))
+  guard = _NonFiniteGuard(exp.mesh, ckpt, start, skip,
+                          int((resumed or {}).get("skipped_steps", 0)))
   record = checkpoint.config_record(config)  # the run's identity, checked on every resume
-  meta = lambda s: {"step": s, "data_position": s, "method": config.method, "config": record,
-                    "skipped_steps": nonfinite.check(ckpt),
-                    **({} if teacher is None else {"teacher": teacher.meta})}
 
   def save(s: int) -> None:
-    """Never a checkpoint with NaN: the tally raises in stop mode, the state is checked anyway."""
-    m = meta(s)
-    if not bool(jax.device_get(state_is_finite(state))):
-      raise Diverged(
-          f"The train state holds non-finite values at step {s}; not saved. Last good checkpoint: "
-          f"{_last_good(ckpt)}.")
-    ckpt.save(state, m)
+    skipped = guard.before_save(s, state)
+    ckpt.save(state, {"step": s, "data_position": s, "method": config.method, "config": record,
+                      "skipped_steps": skipped,
+                      **({} if teacher is None else {"teacher": teacher.meta})})
 
   summary = {"workdir": workdir, "start_step": start, "preempted": None, "complete": False}
 
@@ -343,16 +353,14 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
         train_step = train_step.lower(state, batch, frozen).compile()
         parallel.barrier(f"cm_jax_train_step_compiled_{start}")
       state, metrics = train_step(state, batch, frozen)
-      nonfinite.add(metrics["nonfinite"])
+      guard.add(metrics["nonfinite"])
       step += 1
       expect.after(step, metrics)
       stopping = stop.poll(step)
       if step % int(tc.log_every) == 0 or step == num_steps or stopping:
-        skipped = nonfinite.check(ckpt)
         host = jax.device_get(metrics)
         del host["nonfinite"]
-        if not skip:
-          check_finite(host, step, ckpt)
+        skipped = guard.at_log(step, host)
         now = time.perf_counter()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         t_last, step_last = now, step
