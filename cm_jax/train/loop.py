@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -166,6 +167,48 @@ class _Expectation:
       rate = self.window / max(time.perf_counter() - self._t0, 1e-9)
       log.info("Expected training time: %s for %d steps at %.2f steps/s (compilation done).",
                _duration((self.num_steps - step) / rate), self.num_steps - self.start, rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Every:
+  """A periodic action of the loop: run(step, state, metrics) every `period` steps. On the last
+  step of a call (train.num_steps, or a stop request) only the `at_last` ones run: the loop then
+  saves, and samples unless stopped, once after it ends."""
+  period: int
+  run: Callable[[int, TrainState, dict], None]
+  at_last: bool = False
+
+  def due(self, step: int, last: bool) -> bool:
+    return self.at_last if last else step % self.period == 0
+
+
+class _StatusLog:
+  """The log-step action: the metrics through the non-finite guard, the scalars to the writer
+  (with the steps skipped so far, in skip mode), and a status line with the rate and ETA."""
+
+  def __init__(self, exp: Experiment, writer, guard: _NonFiniteGuard, start: int, num_steps: int,
+               global_batch: int):
+    self.exp, self.writer, self.guard = exp, writer, guard
+    self.num_steps, self.global_batch = num_steps, global_batch
+    self._t_last, self._step_last = time.perf_counter(), start
+
+  def __call__(self, step: int, state: TrainState, metrics: dict) -> None:
+    host = jax.device_get(metrics)
+    del host["nonfinite"]
+    skipped = self.guard.at_log(step, host)
+    now = time.perf_counter()
+    rate = (step - self._step_last) / max(now - self._t_last, 1e-9)
+    self._t_last, self._step_last = now, step
+    scalars = {k: float(np.mean(v)) for k, v in host.items()}
+    if self.guard.skip:
+      scalars["skipped_steps"] = skipped
+    scalars.update(self.exp.method.schedule(step - 1))
+    scalars.update({"steps_per_s": rate, "img_per_s": rate * self.global_batch})
+    self.writer.write_scalars(step, scalars)
+    eta = (self.num_steps - step) / max(rate, 1e-9)
+    if jax.process_index() == 0:
+      log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s%s", step, self.num_steps, rate,
+               rate * self.global_batch, _duration(eta), _memory_in_use())
 
 
 def save_grid(exp: Experiment, params, workdir: str, step: int, writer) -> str:
@@ -333,15 +376,20 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
                           int((resumed or {}).get("skipped_steps", 0)))
   record = checkpoint.config_record(config)  # the run's identity, checked on every resume
 
-  def save(s: int) -> None:
+  def save(s: int, state: TrainState) -> None:
     skipped = guard.before_save(s, state)
     ckpt.save(state, {"step": s, "data_position": s, "method": config.method, "config": record,
                       "skipped_steps": skipped,
                       **({} if teacher is None else {"teacher": teacher.meta})})
 
+  periodic = (
+      _Every(int(tc.log_every), _StatusLog(exp, writer, guard, start, num_steps, global_batch),
+             at_last=True),
+      _Every(int(tc.save_every), lambda s, state, _: save(s, state)),
+      _Every(int(tc.sample_every),
+             lambda s, state, _: save_grid(exp, state.ema_params, workdir, s, writer)),
+  )
   summary = {"workdir": workdir, "start_step": start, "preempted": None, "complete": False}
-
-  t_last, step_last = time.perf_counter(), start
   expect = _Expectation(start, num_steps)
   with _StopRequest() as stop:
     step = start
@@ -357,32 +405,14 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
       step += 1
       expect.after(step, metrics)
       stopping = stop.poll(step)
-      if step % int(tc.log_every) == 0 or step == num_steps or stopping:
-        host = jax.device_get(metrics)
-        del host["nonfinite"]
-        skipped = guard.at_log(step, host)
-        now = time.perf_counter()
-        rate = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        scalars = {k: float(np.mean(v)) for k, v in host.items()}
-        if skip:
-          scalars["skipped_steps"] = skipped
-        scalars.update(exp.method.schedule(step - 1))
-        scalars.update({"steps_per_s": rate, "img_per_s": rate * global_batch})
-        writer.write_scalars(step, scalars)
-        eta = (num_steps - step) / max(rate, 1e-9)
-        if jax.process_index() == 0:
-          log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s%s", step, num_steps, rate,
-                   rate * global_batch, _duration(eta), _memory_in_use())
-      if step % int(tc.save_every) == 0 and step != num_steps and not stopping:
-        save(step)
-      if step % int(tc.sample_every) == 0 and step != num_steps and not stopping:
-        save_grid(exp, state.ema_params, workdir, step, writer)
+      for action in periodic:
+        if action.due(step, last=stopping or step == num_steps):
+          action.run(step, state, metrics)
       if stopping:
         summary["preempted"] = stop.requested
         break
 
-  save(step)
+  save(step, state)
   ckpt.close()
   if summary["preempted"]:
     log.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same command to resume.",
