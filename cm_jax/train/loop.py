@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from cm_jax.errors import Diverged, UserError
 from cm_jax.train import metrics as metrics_lib
 from cm_jax.train import teacher as teacher_lib
 from cm_jax.train.experiment import Experiment
+from cm_jax.train.state import TrainState
 from cm_jax.train.step import make_finite_check, make_train_step
 
 log = logging.getLogger("cm_jax")
@@ -66,35 +68,28 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> None:
-  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
-  if bad:
-    raise Diverged(
-        f"Non-finite {', '.join(bad)} at step {step}; nothing from this step was saved. Last good "
-        f"checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.learning_rate or "
-        "set optim.grad_clip, then resume.")
+class _NonFiniteGuard:
+  """The run's one policy on non-finite values: what is checked, when, and what then happens.
 
-
-def _last_good(ckpt: checkpoint.Checkpointer) -> str:
-  ckpt.wait()  # an async save in flight counts once it is finished
-  step = ckpt.latest_step()
-  return f"none yet in {ckpt.directory}" if step is None else f"step {step} in {ckpt.directory}"
-
-
-class _NonFinite:
-  """Counts non-finite steps on the device (no host sync per step); read at log and save steps.
-
-  Without train.skip_nonfinite the first one stops the run, naming it and the last good
-  checkpoint; with it, the skipped steps are counted (also across resumes, through the meta).
+  Every step adds its `nonfinite` flag (loss or gradient norm not finite) to a tally on the device,
+  so no step waits for the host. The tally is read at log steps and before every save:
+  - stop mode (the default): the first non-finite step raises Diverged naming it and the last good
+    checkpoint, and so do non-finite logged metrics;
+  - skip mode (train.skip_nonfinite): the train step did not apply such a step; it is counted,
+    logged, and recorded as skipped_steps in the metrics and the checkpoint meta (the count goes
+    on across resumes).
+  Before a save the whole state is checked as well, in both modes: no checkpoint ever holds NaN.
   """
 
-  def __init__(self, mesh, start: int, skip: bool, skipped_before: int):
-    self.start, self.skip, self.before = start, skip, skipped_before
+  def __init__(self, mesh, ckpt: checkpoint.Checkpointer, start: int, skip: bool,
+               skipped_before: int):
+    self.ckpt, self.start, self.skip, self.before = ckpt, start, skip, skipped_before
     self._zeros = jax.jit(lambda: (jnp.int32(0), jnp.int32(-1), jnp.int32(0)),
                           out_shardings=parallel.replicated(mesh))
     self._add = jax.jit(self._update, donate_argnums=0)
+    self._state_is_finite = make_finite_check(mesh)
     self._tally = None
-    self.reported = 0
+    self._reported = 0
 
   @staticmethod
   def _update(tally, bad):
@@ -104,24 +99,47 @@ class _NonFinite:
     return count + bad, first, seen
 
   def add(self, bad) -> None:
+    """After every step: its metrics['nonfinite']."""
     self._tally = self._add(self._zeros() if self._tally is None else self._tally, bad)
 
-  def check(self, ckpt: checkpoint.Checkpointer) -> int:
-    """Raises (stop mode) or returns the total of skipped steps (skip mode)."""
+  def at_log(self, step: int, host_metrics: dict) -> int:
+    """At a log step: raises (stop mode) or returns the skipped steps so far (skip mode)."""
+    skipped = self._skipped()
+    if not self.skip:
+      bad = [k for k, v in host_metrics.items() if not np.all(np.isfinite(v))]
+      if bad:
+        raise self._diverged(f"Non-finite {', '.join(bad)} at step {step}",
+                             "Lower optim.learning_rate or set optim.grad_clip, then resume.")
+    return skipped
+
+  def before_save(self, step: int, state) -> int:
+    """Before saving `state` at `step`: raises, or returns the skipped steps for the meta."""
+    skipped = self._skipped()
+    if not bool(jax.device_get(self._state_is_finite(state))):
+      raise self._diverged(f"The train state holds non-finite values at step {step}")
+    return skipped
+
+  def _skipped(self) -> int:
     if self._tally is None:
       return self.before
     count, first, _ = (int(x) for x in jax.device_get(self._tally))
     if count and not self.skip:
-      raise Diverged(
-          f"Non-finite loss or gradient at step {self.start + first}; nothing from it was saved. "
-          f"Last good checkpoint: {_last_good(ckpt)}. Lower "
-          "optim.learning_rate or set optim.grad_clip and resume, or set "
+      raise self._diverged(
+          f"Non-finite loss or gradient at step {self.start + first}",
+          "Lower optim.learning_rate or set optim.grad_clip and resume, or set "
           "--config.train.skip_nonfinite=True to skip such steps.")
-    if count > self.reported:
+    if count > self._reported:
       log.warning("Skipped %d step(s) with a non-finite loss or gradient so far (the first at step "
                   "%d); their updates were not applied.", count, self.start + first)
-      self.reported = count
+      self._reported = count
     return self.before + count
+
+  def _diverged(self, what: str, advice: str = "") -> Diverged:
+    self.ckpt.wait()  # an async save in flight counts once it is finished
+    last = self.ckpt.latest_step()
+    last = "none yet" if last is None else f"step {last}"
+    return Diverged(f"{what}; nothing from it was saved. Last good checkpoint: {last} in "
+                    f"{self.ckpt.directory}. {advice}".rstrip())
 
 
 def _duration(seconds: float) -> str:
@@ -149,6 +167,48 @@ class _Expectation:
       rate = self.window / max(time.perf_counter() - self._t0, 1e-9)
       log.info("Expected training time: %s for %d steps at %.2f steps/s (compilation done).",
                _duration((self.num_steps - step) / rate), self.num_steps - self.start, rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Every:
+  """A periodic action of the loop: run(step, state, metrics) every `period` steps. On the last
+  step of a call (train.num_steps, or a stop request) only the `at_last` ones run: the loop then
+  saves, and samples unless stopped, once after it ends."""
+  period: int
+  run: Callable[[int, TrainState, dict], None]
+  at_last: bool = False
+
+  def due(self, step: int, last: bool) -> bool:
+    return self.at_last if last else step % self.period == 0
+
+
+class _StatusLog:
+  """The log-step action: the metrics through the non-finite guard, the scalars to the writer
+  (with the steps skipped so far, in skip mode), and a status line with the rate and ETA."""
+
+  def __init__(self, exp: Experiment, writer, guard: _NonFiniteGuard, start: int, num_steps: int,
+               global_batch: int):
+    self.exp, self.writer, self.guard = exp, writer, guard
+    self.num_steps, self.global_batch = num_steps, global_batch
+    self._t_last, self._step_last = time.perf_counter(), start
+
+  def __call__(self, step: int, state: TrainState, metrics: dict) -> None:
+    host = jax.device_get(metrics)
+    del host["nonfinite"]
+    skipped = self.guard.at_log(step, host)
+    now = time.perf_counter()
+    rate = (step - self._step_last) / max(now - self._t_last, 1e-9)
+    self._t_last, self._step_last = now, step
+    scalars = {k: float(np.mean(v)) for k, v in host.items()}
+    if self.guard.skip:
+      scalars["skipped_steps"] = skipped
+    scalars.update(self.exp.method.schedule(step - 1))
+    scalars.update({"steps_per_s": rate, "img_per_s": rate * self.global_batch})
+    self.writer.write_scalars(step, scalars)
+    eta = (self.num_steps - step) / max(rate, 1e-9)
+    if jax.process_index() == 0:
+      log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s%s", step, self.num_steps, rate,
+               rate * self.global_batch, _duration(eta), _memory_in_use())
 
 
 def save_grid(exp: Experiment, params, workdir: str, step: int, writer) -> str:
@@ -240,25 +300,45 @@ def _claim_workdir(workdir: str, config: ml_collections.ConfigDict):
     lock.release()
 
 
+def init_or_restore(exp: Experiment, config: ml_collections.ConfigDict,
+                    ckpt: checkpoint.Checkpointer,
+                    teacher_config: Optional[ml_collections.ConfigDict],
+                    ) -> tuple[TrainState, Optional[teacher_lib.Teacher], Optional[dict]]:
+  """(state, teacher, resumed meta) the run starts from. The one place that decides, in order:
+
+  1. resume: the newest checkpoint in the workdir that restores (a damaged newer one is moved
+     aside with a warning). A checkpoint means this run is part done, and its state (weights,
+     optimizer, step = data position) is the only one that continues it: a resumed run never
+     re-reads its teacher's weights as a start, nor its seed. Its teacher is loaded as the one
+     the checkpoint recorded (that step, those weights, or a refusal), for the loss and the meta;
+     the teacher's newer checkpoints are not picked up mid-run.
+  2. teacher start: a new distillation run (teacher_config given) starts from its teacher's
+     weights (teacher.init_student), its latest checkpoint.
+  3. fresh: random weights from config.seed.
+
+  teacher is None without teacher_config; resumed meta is None unless resumed.
+  """
+  state, resumed = ckpt.restore_latest_good(exp.abstract_state())
+  if state is not None:
+    teacher = None if teacher_config is None else teacher_lib.load(
+        config, teacher_config, exp.mesh, recorded=resumed.get("teacher"))
+    log.info("Resumed from step %d in %s", resumed["step"], ckpt.directory)
+    return state, teacher, resumed
+  if teacher_config is not None:
+    teacher = teacher_lib.load(config, teacher_config, exp.mesh)
+    state = teacher_lib.init_student(exp, int(config.seed), teacher)
+    if parallel.fsdp_size(exp.mesh) > 1:  # init_student builds it replicated
+      state = parallel.reshard(state, exp.state_sharding())
+    return state, teacher, None
+  return exp.init_state(int(config.seed)), None, None
+
+
 def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
            teacher_config) -> dict:
   tc = config.train
   global_batch = int(tc.batch_size)
   ckpt = checkpoint.Checkpointer(workdir, keep=int(tc.keep_checkpoints))
-  teacher = None
-  # The newest checkpoint that restores (a damaged newer one is moved aside with a warning).
-  state, resumed = ckpt.restore_latest_good(exp.abstract_state())
-  if state is not None:
-    if teacher_config is not None:
-      teacher = teacher_lib.load(config, teacher_config, exp.mesh, recorded=resumed.get("teacher"))
-    log.info("Resumed from step %d in %s", resumed["step"], ckpt.directory)
-  elif teacher_config is not None:
-    teacher = teacher_lib.load(config, teacher_config, exp.mesh)
-    state = teacher_lib.init_student(exp, int(config.seed), teacher)
-    if parallel.fsdp_size(exp.mesh) > 1:  # init_student builds it replicated
-      state = parallel.reshard(state, exp.state_sharding())
-  else:
-    state = exp.init_state(int(config.seed))
+  state, teacher, resumed = init_or_restore(exp, config, ckpt, teacher_config)
   # Never donated, never saved; ECT only starts from its teacher and does not query it.
   frozen = teacher.ema_params if teacher is not None and exp.method.uses_teacher else None
   start = int(jax.device_get(state.step))
@@ -292,25 +372,24 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
   train_step = make_train_step(exp.method, exp.tx, float(config.ema_rate), exp.mesh,
                                skip_nonfinite=skip, state_sharding=exp.state_sharding(),
                                grad_accum=int(tc.get("grad_accum", 1)))
-  state_is_finite = make_finite_check(exp.mesh)
-  nonfinite = _NonFinite(exp.mesh, start, skip, int((resumed or {}).get("skipped_steps", 0)))
+  guard = _NonFiniteGuard(exp.mesh, ckpt, start, skip,
+                          int((resumed or {}).get("skipped_steps", 0)))
   record = checkpoint.config_record(config)  # the run's identity, checked on every resume
-  meta = lambda s: {"step": s, "data_position": s, "method": config.method, "config": record,
-                    "skipped_steps": nonfinite.check(ckpt),
-                    **({} if teacher is None else {"teacher": teacher.meta})}
 
-  def save(s: int) -> None:
-    """Never a checkpoint with NaN: the tally raises in stop mode, the state is checked anyway."""
-    m = meta(s)
-    if not bool(jax.device_get(state_is_finite(state))):
-      raise Diverged(
-          f"The train state holds non-finite values at step {s}; not saved. Last good checkpoint: "
-          f"{_last_good(ckpt)}.")
-    ckpt.save(state, m)
+  def save(s: int, state: TrainState) -> None:
+    skipped = guard.before_save(s, state)
+    ckpt.save(state, {"step": s, "data_position": s, "method": config.method, "config": record,
+                      "skipped_steps": skipped,
+                      **({} if teacher is None else {"teacher": teacher.meta})})
 
+  periodic = (
+      _Every(int(tc.log_every), _StatusLog(exp, writer, guard, start, num_steps, global_batch),
+             at_last=True),
+      _Every(int(tc.save_every), lambda s, state, _: save(s, state)),
+      _Every(int(tc.sample_every),
+             lambda s, state, _: save_grid(exp, state.ema_params, workdir, s, writer)),
+  )
   summary = {"workdir": workdir, "start_step": start, "preempted": None, "complete": False}
-
-  t_last, step_last = time.perf_counter(), start
   expect = _Expectation(start, num_steps)
   with _StopRequest() as stop:
     step = start
@@ -322,38 +401,18 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict, workdir: str,
         train_step = train_step.lower(state, batch, frozen).compile()
         parallel.barrier(f"cm_jax_train_step_compiled_{start}")
       state, metrics = train_step(state, batch, frozen)
-      nonfinite.add(metrics["nonfinite"])
+      guard.add(metrics["nonfinite"])
       step += 1
       expect.after(step, metrics)
       stopping = stop.poll(step)
-      if step % int(tc.log_every) == 0 or step == num_steps or stopping:
-        skipped = nonfinite.check(ckpt)
-        host = jax.device_get(metrics)
-        del host["nonfinite"]
-        if not skip:
-          check_finite(host, step, ckpt)
-        now = time.perf_counter()
-        rate = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        scalars = {k: float(np.mean(v)) for k, v in host.items()}
-        if skip:
-          scalars["skipped_steps"] = skipped
-        scalars.update(exp.method.schedule(step - 1))
-        scalars.update({"steps_per_s": rate, "img_per_s": rate * global_batch})
-        writer.write_scalars(step, scalars)
-        eta = (num_steps - step) / max(rate, 1e-9)
-        if jax.process_index() == 0:
-          log.info("step %d/%d  %.2f steps/s  %.0f img/s  ETA %s%s", step, num_steps, rate,
-                   rate * global_batch, _duration(eta), _memory_in_use())
-      if step % int(tc.save_every) == 0 and step != num_steps and not stopping:
-        save(step)
-      if step % int(tc.sample_every) == 0 and step != num_steps and not stopping:
-        save_grid(exp, state.ema_params, workdir, step, writer)
+      for action in periodic:
+        if action.due(step, last=stopping or step == num_steps):
+          action.run(step, state, metrics)
       if stopping:
         summary["preempted"] = stop.requested
         break
 
-  save(step)
+  save(step, state)
   ckpt.close()
   if summary["preempted"]:
     log.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same command to resume.",
