@@ -1,4 +1,5 @@
-"""The probability-flow ODE dx/ds = (x - D(x, s)) / s (SPEC §1) and its Euler and Heun steps.
+"""The probability-flow ODE dx/ds = (x - D(x, s)) / s (docs/maths.md §1) and its Euler and Heun
+steps.
 
 Shared by the EDM samplers and the CD teacher. `denoise(x, sigma) -> x0` has its parameters,
 labels and eval mode bound; sigmas are per-sample [B] or scalars, all > 0.

@@ -1,8 +1,9 @@
 """Frechet distance between Gaussians fitted to features (the core of FID).
 
 Everything here is float64 NumPy/SciPy: the distance subtracts traces of large, nearly equal
-matrices, so float32 would lose the digits that separate good models (SPEC §9). `RunningStats`
-accumulates the moments batch by batch so 50k samples never need to sit in memory at once.
+matrices, so float32 would lose the digits that separate good models (docs/maths.md §9).
+`RunningStats` accumulates the moments batch by batch so 50k samples never need to sit in memory
+at once.
 """
 
 from __future__ import annotations

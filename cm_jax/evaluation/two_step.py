@@ -1,5 +1,5 @@
-"""The 2-step intermediate level chosen by ternary search on FID (SPEC §8), kept next to the
-checkpoints as WORKDIR/eval/two_step_sigma.json for `python -m cm_jax.sample --steps=2` and
+"""The 2-step intermediate level chosen by ternary search on FID (docs/maths.md §8), kept next to
+the checkpoints as WORKDIR/eval/two_step_sigma.json for `python -m cm_jax.sample --steps=2` and
 `python -m cm_jax.evaluate --steps=2` to use instead of config.sample.two_step_sigma.
 """
 from __future__ import annotations
