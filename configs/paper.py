@@ -198,7 +198,7 @@ def adm(c: ml_collections.ConfigDict, *, channels: int, channel_mult: tuple[int,
 def dataset(c: ml_collections.ConfigDict, name: str, resolution: int, num_classes: int,
             num_workers: int = 4) -> None:
   """num_workers: grain threads, each preparing a whole local batch (LSUN's JPEG decode and crop
-  costs ~2 ms an image on one core: 0.5 s per 256-image local batch)."""
+  is the input's main cost: docs/datasets.md)."""
   c.data.update(dict(name=name, resolution=resolution, channels=3, num_classes=num_classes,
                      random_flip=True, num_workers=num_workers))
 

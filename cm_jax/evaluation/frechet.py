@@ -123,7 +123,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
   root (the pytorch-fid fallback). A negligible imaginary part from round-off is dropped; a large
   one means the statistics are not valid covariances and raises ValueError.
   method='eigh': the same trace through symmetric eigendecompositions (what the evaluator uses:
-  ~20x faster at 2048-d, no fallback needed); agrees with 'sqrtm' to round-off.
+  much faster at 2048-d, no fallback needed); agrees with 'sqrtm' to round-off.
   """
   mu1, sigma1 = _check_stats(mu1, sigma1, 'first stats')
   mu2, sigma2 = _check_stats(mu2, sigma2, 'second stats')
