@@ -11,8 +11,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "ict"
-  # CD: the EDM teacher's training workdir (restored read-only, its latest checkpoint's EMA).
-  # Part of the run's identity: a resume must name the same path.
+  # The teacher's training workdir: EDM for CD, ECT (and optionally CT), TrigFlow for sCD.
+  # Restored read-only from its latest checkpoint: the student starts from its weights, CD and
+  # sCD query its EMA. Part of the run's identity: a resume must name the same path.
   c.teacher = ""
 
   # Noise levels and the boundary condition (docs/maths.md §1).
@@ -63,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
       p_std=2.0,
   ))
 
-  # The EDM denoiser / teacher (docs/maths.md §1): ln sigma ~ N(p_mean, p_std^2) in training.
+  # The EDM denoiser (docs/maths.md §1), the teacher of CD and ECT: ln sigma ~ N(p_mean, p_std^2)
+  # in training.
   c.edm = ml_collections.ConfigDict(dict(p_mean=-1.2, p_std=1.2))
 
   # Consistency distillation (docs/maths.md §2); the distance is consistency.distance.

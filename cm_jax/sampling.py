@@ -109,9 +109,9 @@ def to_uint8(images) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class EDMPlan:
-  """How to sample an EDM denoiser: `solver` over the descending Karras grid of `num_levels`
-  (sigma_max ... sigma_min), then one Euler step to sigma = 0 (docs/maths.md §8: 18 levels,
-  35 NFE)."""
+  """How to sample a denoiser (EDM, or TrigFlow through trigflow.ode_sample): `solver` over the
+  descending Karras grid of `num_levels` (sigma_max ... sigma_min), then one Euler step to
+  sigma = 0 (docs/maths.md §8: 18 levels, 35 NFE)."""
   num_levels: int = 18
   solver: str = "heun"
 
