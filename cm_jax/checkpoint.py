@@ -236,8 +236,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
-    """read_only: for sampling and the CD teacher; nothing in the workdir is created, saved or
-    deleted (a run may still be writing there)."""
+    """read_only: for sampling and teachers (CD, ECT, sCD); nothing in the workdir is created,
+    saved or deleted (a run may still be writing there)."""
     self.directory = storage.absolute(storage.join(workdir, CHECKPOINT_DIR))
     if read_only:  # the values read_only needs, so Orbax has nothing to override and warn about
       options = ocp.CheckpointManagerOptions(read_only=True, max_to_keep=None, create=False,

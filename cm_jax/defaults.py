@@ -11,11 +11,12 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "ict"
-  # CD: the EDM teacher's training workdir (restored read-only, its latest checkpoint's EMA).
-  # Part of the run's identity: a resume must name the same path.
+  # The teacher's training workdir: EDM for CD, ECT (and optionally CT), TrigFlow for sCD.
+  # Restored read-only from its latest checkpoint: the student starts from its weights, CD and
+  # sCD query its EMA. Part of the run's identity: a resume must name the same path.
   c.teacher = ""
 
-  # Noise levels and the boundary condition (SPEC §1).
+  # Noise levels and the boundary condition (docs/maths.md §1).
   c.karras = ml_collections.ConfigDict(
       dict(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0))
 
@@ -40,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
       fourier_scale=16.0,     # CM: 16; iCT: 0.02
       emb_dim=256,
       class_conditional=False,
-      # Paper networks (SPEC §12): attn_resolutions are in pixels for ncsnpp / adm.
+      # Paper networks (docs/maths.md §12): attn_resolutions are in pixels for ncsnpp / adm.
       num_head_channels=64,   # adm: channels per attention head
       use_scale_shift_norm=False,  # adm: ImageNet 64 True, LSUN 256 False
       resblock_updown=True,   # adm: resample inside residual blocks
@@ -51,22 +52,23 @@ def base_config() -> ml_collections.ConfigDict:
                               # recompute norms and activations) | full (keep block inputs)
   ))
 
-  # Consistency training, shared by CT and iCT (SPEC §3-§5); the method fills in its defaults.
+  # Consistency training, shared by CT and iCT (docs/maths.md §3-§5); each method sets its own.
   c.consistency = ml_collections.ConfigDict(dict(
       distance="l2",          # l1 | l2 | pseudo_huber
       lpips_weights="",       # distance=lpips: DIR from `python -m cm_jax.convert lpips`
       s0=2,
       s1=150,
       mu0=0.9,
-      ema_schedule="paper",   # paper | release (CT target EMA, SPEC §3)
+      ema_schedule="paper",   # paper | release (CT target EMA, docs/maths.md §3)
       p_mean=-1.1,            # iCT log-normal pair sampling
       p_std=2.0,
   ))
 
-  # The EDM denoiser / teacher (SPEC §1): ln sigma ~ N(p_mean, p_std^2) in training.
+  # The EDM denoiser (docs/maths.md §1), the teacher of CD and ECT: ln sigma ~ N(p_mean, p_std^2)
+  # in training.
   c.edm = ml_collections.ConfigDict(dict(p_mean=-1.2, p_std=1.2))
 
-  # Consistency distillation (SPEC §2); the distance is consistency.distance.
+  # Consistency distillation (docs/maths.md §2); the distance is consistency.distance.
   c.distill = ml_collections.ConfigDict(dict(
       num_levels=18,          # fixed N of the teacher's grid (CIFAR-10 18, ImageNet 64 / LSUN 40)
       solver="heun",          # heun | euler: the teacher's ODE step from s_{n+1} to s_n
@@ -74,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
       weighting="uniform",    # lambda: uniform (CM's CD) | inverse_gap (iCT's 1 / (s_{n+1} - s_n))
   ))
 
-  # Easy consistency tuning (SPEC §6): starts from an EDM workdir (config.teacher).
+  # Easy consistency tuning (docs/maths.md §6): starts from an EDM workdir (config.teacher).
   c.ect = ml_collections.ConfigDict(dict(
       p_mean=-1.1,            # t ~ LogNormal(p_mean, p_std) (ImageNet 64: -0.8, 1.6)
       p_std=2.0,
@@ -85,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
       huber_c=0.0,            # pseudo-Huber c (CIFAR-10 0); < 0: iCT's 0.00054 sqrt(d)
   ))
 
-  # TrigFlow and continuous-time consistency models (SPEC §7): trigflow | sct | scd.
+  # TrigFlow and continuous-time consistency models (docs/maths.md §7): trigflow | sct | scd.
   c.scm = ml_collections.ConfigDict(dict(
       p_mean=-1.0,            # tau ~ N(p_mean, p_std^2), t = arctan(exp(tau) / sigma_data)
       p_std=1.4,
@@ -144,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
   # optimizer state and EMA over an `fsdp` mesh axis of K devices (K divides the devices).
   c.parallel = ml_collections.ConfigDict(dict(fsdp=1))
 
-  # Sampling the default run (and `cm_jax.sample` when no sigmas are given) uses (SPEC §8).
+  # Sampling (docs/maths.md §8): what the default run and `cm_jax.sample` without sigmas use.
   c.sample = ml_collections.ConfigDict(dict(
       two_step_sigma=0.821,   # the intermediate level of 2-step sampling
       clip=True,

@@ -1,4 +1,4 @@
-"""Per-sample distances between two batches [B, ...] -> [B] (SPEC §4)."""
+"""Per-sample distances between two batches [B, ...] -> [B] (docs/maths.md §4)."""
 from __future__ import annotations
 
 import math
@@ -38,8 +38,8 @@ def pseudo_huber(a, b, c: float):
 
 
 def lpips(lpips_weights: str) -> Distance:
-  """LPIPS v0.1 (VGG16) from converted weights (SPEC §4): [B] distances of [-1, 1] batches,
-  inputs below 256 px resized bilinearly to 224 first. See cm_jax/models/lpips.py."""
+  """LPIPS v0.1 (VGG16) from converted weights (docs/maths.md §4): [B] distances of [-1, 1]
+  batches, inputs below 256 px resized bilinearly to 224 first. See cm_jax/models/lpips.py."""
   params = jax.tree_util.tree_map(jnp.asarray, lpips_lib.load(lpips_weights))
   return lambda a, b: lpips_lib.lpips_distance(params, a, b)
 

@@ -1,4 +1,5 @@
-"""Zero-shot image editing with a consistency model (CM Algorithm 4, SPEC §8), as pure functions.
+"""Zero-shot image editing with a consistency model (CM Algorithm 4, docs/maths.md §8), as pure
+functions.
 
 An edit is an invertible linear map A on images (orthogonal here, so A^-1 = A^T) and a mask Omega
 in A's output space: 1 = generate, 0 = keep the reference's coefficient. The iterative algorithm

@@ -1,4 +1,4 @@
-"""Noise levels, the consistency-function and EDM-denoiser parameterisations (SPEC §1).
+"""Noise levels, the consistency-function and EDM-denoiser parameterisations (docs/maths.md §1).
 
 Everything here is a pure function of arrays or Python numbers. Sigma grids are ascending
 (index 1 = sigma_min) unless a name says `descending`; the released samplers index descending.

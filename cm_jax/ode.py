@@ -1,7 +1,9 @@
-"""The probability-flow ODE dx/ds = (x - D(x, s)) / s (SPEC §1) and its Euler and Heun steps.
+"""The probability-flow ODE dx/ds = (x - D(x, s)) / s (docs/maths.md §1) and its Euler and Heun
+steps.
 
-Shared by the EDM samplers and the CD teacher. `denoise(x, sigma) -> x0` has its parameters,
-labels and eval mode bound; sigmas are per-sample [B] or scalars, all > 0.
+Shared by the ODE samplers of the denoisers (EDM, and TrigFlow through trigflow.ode_sample) and
+CD's teacher step. `denoise(x, sigma) -> x0` has its parameters, labels and eval mode bound;
+sigmas are per-sample [B] or scalars, all > 0.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Consistency-model samplers and the EDM ODE samplers (SPEC §8) as pure functions.
+"""Consistency-model samplers and the EDM ODE samplers (docs/maths.md §8) as pure functions.
 
 `f(x, sigma) -> x0` is a consistency function with its parameters, labels and eval mode bound.
 Noise is drawn per sample from `fold_in(key, index)`, so sample i is the same whatever the batch
@@ -109,8 +109,9 @@ def to_uint8(images) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class EDMPlan:
-  """How to sample an EDM denoiser: `solver` over the descending Karras grid of `num_levels`
-  (sigma_max ... sigma_min), then one Euler step to sigma = 0 (SPEC §8: 18 levels, 35 NFE)."""
+  """How to sample a denoiser (EDM, or TrigFlow through trigflow.ode_sample): `solver` over the
+  descending Karras grid of `num_levels` (sigma_max ... sigma_min), then one Euler step to
+  sigma = 0 (docs/maths.md §8: 18 levels, 35 NFE)."""
   num_levels: int = 18
   solver: str = "heun"
 

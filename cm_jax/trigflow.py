@@ -1,4 +1,4 @@
-"""TrigFlow (sCM, SPEC §7): the parameterisation and its samplers, as pure functions.
+"""TrigFlow (sCM, docs/maths.md §7): the parameterisation and its samplers, as pure functions.
 
 x_t = cos(t) x0 + sin(t) z, z ~ N(0, sd^2 I), t in [0, pi/2] (x_{pi/2} = sd z is pure noise). The
 network F predicts the scaled velocity: sd F(x_t / sd, c_noise(t)) ~ dx_t/dt = cos(t) z - sin(t) x0,

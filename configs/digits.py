@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(dict(batch_size=64, num_steps=2000, log_every=100, save_every=500,
                       sample_every=1000, num_grid_samples=100))
   c.optim.update(dict(name="radam", learning_rate=1e-3))
-  c.ema_rate = 0.995          # short runs want a short evaluation EMA (0.998 was 4x worse)
+  c.ema_rate = 0.995          # short runs want a short evaluation EMA (0.998: README)
 
   # Scored on 1000 samples (the held-out floor on its 300): fewer leave the Frechet figure biased.
   c.eval.num_samples = 1000
@@ -49,8 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The default. s1 = 160 instead of the paper's 1280: the doubling curriculum then spends 1/5
     # of the run per stage instead of 1/8.
     c.consistency.update(dict(distance="pseudo_huber", s0=10, s1=160, p_mean=-1.1, p_std=2.0))
-    # The 2-step level: a sweep of the default run put the best figure at 2-3 (1.5: 5.7, 2.5:
-    # 5.4, 0.821, the CIFAR-10 value: 6.3; README).
+    # The 2-step level: at this budget the best lies at sigma 2-3, well above CIFAR-10's 0.821
+    # (the sweep: README).
     c.sample.two_step_sigma = 2.5
   elif c.method == "ct":
     c.consistency.update(dict(distance="l2", s0=2, s1=150, mu0=0.9, ema_schedule="paper"))
@@ -60,14 +60,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_steps = 2400
   elif c.method == "cd":  # CIFAR-10's CD recipe (N = 18, Heun teacher, mu = 0) with iCT's loss
     # iCT's pseudo-Huber and lambda = 1 / (s_{n+1} - s_n) instead of CM's l2 and lambda = 1: with
-    # those the student forgot the teacher's low levels (it darkened real digits noised to sigma
-    # 0.1: 9.5 on the digits figure, the teacher 2.3), so every second step made samples worse
-    # (1 step 12.2, 2 steps 15.8 at 0.821, 12.7 at best). Now 11.1 and 3.5 at sigma 1.5 (README).
+    # those the student forgets the teacher's low levels (it darkens real digits noised to a
+    # small sigma), so a second sampling step makes samples worse, not better (README,
+    # "Distillation").
     c.consistency.distance = "pseudo_huber"
     c.distill.update(dict(num_levels=18, solver="heun", target_decay=0.0, weighting="inverse_gap"))
     c.sample.two_step_sigma = 1.5
-    # The student starts from a trained teacher: at 1e-3 RAdam's normalised steps added speckle
-    # the loss could not see (1-step Frechet 30.4 vs 23.2 at 1e-4 or 2e-4).
+    # The student starts from a trained teacher: at 1e-3 RAdam's normalised steps add speckle
+    # the loss cannot see (README).
     c.optim.learning_rate = 1e-4
   elif c.method == "ect":  # tunes a trained EDM workdir: --config.teacher=runs/digits_edm
     # ECT's r(t) schedule with 10 stages over the 2000 steps (CIFAR-10: 16 of 25k over 400k);
@@ -90,9 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if c.method == "scd":  # starts from its TrigFlow teacher (--config.teacher), as CD does
       c.optim.learning_rate = 2e-4
     else:
-      # sCT: sCM's prior weight 1 / (sigma_d tan t) (1 step 44.7 -> 27.7) and the second step
-      # through t = 0.2, the only level that beats one step (25.2; 1.1: 35.5). sCD was no better
-      # with it (6.8 against 6.3), README.
+      # sCT: sCM's prior weight 1 / (sigma_d tan t), which helps its one step, and the second
+      # step through t = 0.2, the only level that beats one step; sCD gains nothing from the
+      # prior weight (README, "Beyond the paper").
       c.scm.update(dict(prior_weighting=True, two_step_t=0.2))
 
   elif c.method == "meanflow":

@@ -4,13 +4,13 @@ columns, the EDM teacher, iCT.
 Usage: --config=configs/imagenet64.py:method=edm                     the teacher
        --config=configs/imagenet64.py:method=cd --config.teacher=EDM  CD, LPIPS (Table 3)
        --config=configs/imagenet64.py:method=ct                       CT, LPIPS (Table 3)
-       --config=configs/imagenet64.py:method=ict                      iCT (SPEC §5)
+       --config=configs/imagenet64.py:method=ict                      iCT (docs/maths.md §5)
        --config=configs/imagenet64.py:method=trigflow | sct | scd --config.teacher=TRIGFLOW (scd)
        --config=configs/imagenet64.py:method=meanflow                  MeanFlow (our choices)
        add ,variant=release for the PyTorch release's launch settings (cd, ct), ,runlocal to shrink.
 
-Network: the ADM UNet of SPEC §12 (192 channels, mult 1,2,3,4, 3 blocks, attention at 32/16/8,
-scale-shift norm, 1000 classes), bfloat16 compute where the paper trained in fp16.
+Network: the ADM UNet of docs/maths.md §12 (192 channels, mult 1,2,3,4, 3 blocks, attention at
+32/16/8, scale-shift norm, 1000 classes), bfloat16 compute where the paper trained in fp16.
 Optimizer: RAdam by default, as the paper's Table 3 says; the release trained with Adam
 (`variant=release`).
 """
@@ -27,17 +27,17 @@ EMA = 0.9999432189950708  # Table 3's 0.999943, as the release writes it
 
 ROWS = {
     # CM Table 3, ImageNet 64 CD: lr 8e-6, batch 2048, 600k steps, fp16, Heun over N = 40,
-    # target mu = 0.95; 2-step ts 0,22,39 of 40 (SPEC §8).
+    # target mu = 0.95; 2-step ts 0,22,39 of 40 (docs/maths.md §8).
     "cd": paper.Row(learning_rate=8e-6, batch_size=2048, steps=600_000, ema_rate=EMA,
                     bfloat16=True, num_levels=40, target_decay=0.95,
                     two_step_sigma=paper.ts_sigma(22, 40)),
     # CT: lr 8e-6, batch 2048, 800k steps, s0 = 2, s1 = 200, mu0 = 0.95; ts 0,106,200 of 201.
     "ct": paper.Row(learning_rate=8e-6, batch_size=2048, steps=800_000, ema_rate=EMA,
                     bfloat16=True, s0=2, s1=200, mu0=0.95, two_step_sigma=paper.ts_sigma(106, 201)),
-    # iCT: SPEC §5's method (pseudo-Huber, log-normal pairs, N 11 -> 1281, RAdam 1e-4). SPEC
-    # gives CIFAR-10's batch/EMA/dropout/length only; these are the iCT paper's ImageNet 64
-    # values as we read its hyper-parameter table (batch 4096, EMA 0.99997, dropout 0.2, 800k
-    # steps, mixed precision): check them before a paper-scale run.
+    # iCT: the method of docs/maths.md §5 (pseudo-Huber, log-normal pairs, N 11 -> 1281, RAdam
+    # 1e-4). §5 fixes CIFAR-10's batch/EMA/dropout/length only; these are the iCT paper's
+    # ImageNet 64 values as we read its hyper-parameter table (batch 4096, EMA 0.99997, dropout
+    # 0.2, 800k steps, mixed precision): check them before a paper-scale run.
     "ict": paper.Row(learning_rate=1e-4, batch_size=4096, steps=800_000, ema_rate=0.99997,
                      bfloat16=True, dropout=0.2, distance="pseudo_huber", two_step_sigma=0.821),
     # The EDM teacher, from the release's edm_train.py launch line (the paper gives no EDM
@@ -48,10 +48,11 @@ ROWS = {
                      optimizer="adam", ema_rate=EMA, bfloat16=True, dropout=0.1, num_levels=40),
 }
 
-# sCT / sCD (SPEC §7, §10) and sCD's TrigFlow teacher on this ADM UNet (the sCM paper's XL rows
-# used a larger EDM2 network: these rows are the method at this network's scale). tau ~ N(-0.8,
-# 1.6^2) as for ImageNet in SPEC §6; batch 2048, RAdam 1e-4, bf16, EMA 0.99993 (0.9999432...),
-# 400k steps are our reading of the sCM setup, unchecked: check them before a paper-scale run.
+# sCT / sCD (docs/maths.md §7, §10) and sCD's TrigFlow teacher on this ADM UNet (the sCM paper's
+# XL rows used a larger EDM2 network: these rows are the method at this network's scale).
+# tau ~ N(-0.8, 1.6^2) as for ImageNet in §6; batch 2048, RAdam 1e-4, bf16, EMA 0.9999432 (as
+# above), 400k steps are our reading of the sCM setup, unchecked: check them before a paper-scale
+# run.
 ROWS["sct"] = ROWS["scd"] = ROWS["trigflow"] = paper.Row(
     learning_rate=1e-4, batch_size=2048, steps=400_000, ema_rate=EMA, bfloat16=True,
     dropout=0.2, num_levels=40)

@@ -6,8 +6,8 @@ Usage: --config=configs/lsun256.py:method=edm,category=bedroom          the teac
        --config=configs/lsun256.py:method=ct,category=bedroom           CT, LPIPS
        add ,variant=release for the PyTorch release's launch settings (cd, ct), ,runlocal to shrink.
 
-Network: the ADM UNet of SPEC §12 (256 channels, mult 1,1,2,2,4,4, 2 blocks, attention at
-32/16/8, no scale-shift norm), bfloat16 compute where the paper trained in fp16.
+Network: the ADM UNet of docs/maths.md §12 (256 channels, mult 1,1,2,2,4,4, 2 blocks, attention
+at 32/16/8, no scale-shift norm), bfloat16 compute where the paper trained in fp16.
 Optimizer: RAdam by default, as the paper's Table 3 says; the release trained with Adam
 (`variant=release`).
 """
@@ -21,8 +21,8 @@ METHODS = {"edm": ("paper",), "cd": ("paper", "release"), "ct": ("paper", "relea
 CATEGORIES = ("bedroom", "cat")
 EMA = 0.9999432189950708  # Table 3's 0.999943, as the release writes it
 
-# The release's 2-step levels (SPEC §8): CD-LPIPS on Bedroom ts 0,17,39 of 40 (none published for
-# Cat CD: the same); CT ts 0,67,150 (Bedroom) and 0,62,150 (Cat) of 151.
+# The release's 2-step levels (docs/maths.md §8): CD-LPIPS on Bedroom ts 0,17,39 of 40 (none
+# published for Cat CD: the same); CT ts 0,67,150 (Bedroom) and 0,62,150 (Cat) of 151.
 CD_TWO_STEP = {"bedroom": paper.ts_sigma(17, 40), "cat": paper.ts_sigma(17, 40)}
 CT_TWO_STEP = {"bedroom": paper.ts_sigma(67, 151), "cat": paper.ts_sigma(62, 151)}
 

@@ -1,12 +1,12 @@
 """What the paper configs (configs/cifar10.py, imagenet64.py, lsun256.py) share.
 
-Each dataset file holds its own numbers (its columns of CM Table 3, SPEC §11, the release's
-differing launch settings, its network) and builds its config from `configs/base.py` with the
-helpers here: the argument parser, the CM/iCT/EDM recipes, the two paper networks and the
-`runlocal` shrink. Nothing is copied between the dataset files.
+Each dataset file holds its own numbers (its columns of CM Table 3, docs/maths.md §11, the
+release's differing launch settings, its network) and builds its config from `configs/base.py`
+with the helpers here: the argument parser, the CM/iCT/EDM recipes, the two paper networks and
+the `runlocal` shrink. Nothing is copied between the dataset files.
 
-Defaults follow the papers (SPEC: "default to the paper"); `variant=release` applies the PyTorch /
-JAX releases' launch settings where they differ, named in each dataset file's `RELEASE`.
+Defaults follow the papers; `variant=release` applies the PyTorch / JAX releases' launch settings
+where they differ, named in each dataset file's `RELEASE` (docs/maths.md §11).
 """
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def parse(arg: str | None, *, file: str, methods: dict[str, tuple[str, ...]],
 
 
 def ts_sigma(index: int, steps: int) -> float:
-  """The level of a release `ts` index into a descending Karras grid of `steps` levels (SPEC §8)."""
+  """The level of a release `ts` index into a descending Karras grid of `steps` levels
+  (docs/maths.md §8)."""
   levels = karras.NoiseLevels(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO)
   return float(karras.ts_to_sigmas([index], steps, levels)[0])
 
@@ -115,7 +116,8 @@ def apply_row(c: ml_collections.ConfigDict, method: str, row: Row) -> None:
     c.distill.update(dict(num_levels=row.num_levels, solver="heun",
                           target_decay=row.target_decay))
   elif method in ("ict", "ict_deep"):
-    # SPEC §5: teacher = stopgrad(theta), pseudo-Huber, log-normal pairs, N doubling 11 -> 1281.
+    # docs/maths.md §5: teacher = stopgrad(theta), pseudo-Huber, log-normal pairs, N doubling
+    # 11 -> 1281.
     c.consistency.update(dict(distance="pseudo_huber", s0=10, s1=1280, p_mean=-1.1, p_std=2.0))
   elif method == "edm":
     c.edm.update(dict(p_mean=-1.2, p_std=1.2))
@@ -133,8 +135,9 @@ def apply_row(c: ml_collections.ConfigDict, method: str, row: Row) -> None:
 
 
 def scm_keys(p_mean: float, p_std: float) -> dict[str, dict]:
-  """The c.scm overrides of the TrigFlow teacher and of sCT / sCD (SPEC §7) for tau ~ N(p_mean,
-  p_std^2): c_noise = t, tangent warm-up over 10k steps, normalisation c = 0.1, 2 steps via t = 1.1."""
+  """The c.scm overrides of the TrigFlow teacher and of sCT / sCD (docs/maths.md §7) for
+  tau ~ N(p_mean, p_std^2): c_noise = t, tangent warm-up over 10k steps, normalisation c = 0.1,
+  2 steps via t = 1.1."""
   teacher = {"scm.p_mean": p_mean, "scm.p_std": p_std, "scm.time_scale": 1.0}
   consistency = {**teacher, "scm.warmup_steps": 10_000, "scm.tangent_norm_c": 0.1,
                  "scm.two_step_t": 1.1}
@@ -174,8 +177,8 @@ def finish(c: ml_collections.ConfigDict, args, row: Row, method_keys: dict | Non
 
 
 def ncsnpp(c: ml_collections.ConfigDict, *, fourier_scale: float, num_res_blocks: int = 4) -> None:
-  """NCSN++ as CM / iCT train it on CIFAR-10 (SPEC §12): nf 128, ch_mult (2, 2, 2), attention at
-  16x16 (and in the 8x8 middle), Fourier time embedding."""
+  """NCSN++ as CM / iCT train it on CIFAR-10 (docs/maths.md §12): nf 128, ch_mult (2, 2, 2),
+  attention at 16x16 (and in the 8x8 middle), Fourier time embedding."""
   c.model.update(dict(name="ncsnpp", channels=128, channel_mult=(2, 2, 2),
                       num_res_blocks=num_res_blocks, attn_resolutions=(16,), patch_size=1,
                       fourier_scale=fourier_scale, emb_dim=512, class_conditional=False))
@@ -183,8 +186,8 @@ def ncsnpp(c: ml_collections.ConfigDict, *, fourier_scale: float, num_res_blocks
 
 def adm(c: ml_collections.ConfigDict, *, channels: int, channel_mult: tuple[int, ...],
         num_res_blocks: int, use_scale_shift_norm: bool, class_conditional: bool) -> None:
-  """The ADM UNet of the PyTorch release (SPEC §12): attention at 32/16/8 px, 64 channels per
-  head, resampling inside residual blocks."""
+  """The ADM UNet of the PyTorch release (docs/maths.md §12): attention at 32/16/8 px, 64
+  channels per head, resampling inside residual blocks."""
   c.model.update(dict(name="adm", channels=channels, channel_mult=channel_mult,
                       num_res_blocks=num_res_blocks, attn_resolutions=(32, 16, 8), patch_size=1,
                       num_head_channels=64, use_scale_shift_norm=use_scale_shift_norm,
@@ -195,7 +198,7 @@ def adm(c: ml_collections.ConfigDict, *, channels: int, channel_mult: tuple[int,
 def dataset(c: ml_collections.ConfigDict, name: str, resolution: int, num_classes: int,
             num_workers: int = 4) -> None:
   """num_workers: grain threads, each preparing a whole local batch (LSUN's JPEG decode and crop
-  costs ~2 ms an image on one core: 0.5 s per 256-image local batch)."""
+  is the input's main cost: docs/datasets.md)."""
   c.data.update(dict(name=name, resolution=resolution, channels=3, num_classes=num_classes,
                      random_flip=True, num_workers=num_workers))
 

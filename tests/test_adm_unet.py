@@ -10,9 +10,9 @@ from cm_jax.models import unet
 from configs import base
 from tests.test_ncsnpp import count, perturbed_params, small_config
 
-# What this layout gives for SPEC §12's settings (3 output channels, learn_sigma off as in the
-# CM release). ImageNet 64 agrees with the 295.9M the EDM paper reports for this ADM network;
-# we found no published exact count to compare the LSUN figure with.
+# What this layout gives for the settings of docs/maths.md §12 (3 output channels, learn_sigma off
+# as in the CM release). ImageNet 64 agrees with the 295.9M the EDM paper reports for this ADM
+# network; we found no published exact count to compare the LSUN figure with.
 IMAGENET64_PARAMS = 295_899_267
 LSUN256_PARAMS = 526_304_771
 

@@ -59,7 +59,7 @@ def test_ict_converges_to_exact_consistency_function():
 
   The 2023 CT recipe is checked through its discrete fixed point above (exact to O(1/N)): with
   this one-parameter family its EMA target moves the variance only from 1.0 to 0.57 in 8000
-  steps at N = 151 -- the slow propagation iCT was designed to fix (SPEC §13)."""
+  steps at N = 151 -- the slow propagation iCT was designed to fix (docs/maths.md §13)."""
   net, params = variance_net()
   steps = 1500
   config = config_for("ict", steps, distance="pseudo_huber", s0=10, s1=1280)

@@ -1,4 +1,4 @@
-"""Noise grids and the boundary condition (SPEC §1, §8)."""
+"""Noise grids and the boundary condition (docs/maths.md §1, §8)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -55,7 +55,7 @@ def test_every_paper_config_builds(file, arg):
   assert state.params is not None
 
 
-# (file, argument) -> the Table 3 / SPEC values the config must carry.
+# (file, argument) -> the Table 3 / docs/maths.md values the config must carry.
 EXPECTED = {
     ("cifar10", "method=cd"): dict(lr=4e-4, batch=512, opt="radam", mu=0.0, N=18, ema=0.9999,
                                    steps=800_000, dtype="float32", dist="lpips", dropout=0.0),
@@ -75,7 +75,7 @@ EXPECTED = {
     ("lsun256", "method=ct,variant=release"): dict(lr=5e-5, batch=256, opt="adam"),
     ("lsun256", "method=cd,variant=release,category=cat"): dict(lr=1e-5, batch=256, opt="adam"),
     ("cifar10", "method=ct,variant=release"): dict(lr=2e-4, warmup=19531, ema_schedule="release"),
-    # iCT (SPEC §5) and the CIFAR-10 EDM teacher (SPEC §11).
+    # iCT (docs/maths.md §5) and the CIFAR-10 EDM teacher (docs/maths.md §11).
     ("cifar10", "method=ict"): dict(lr=1e-4, batch=1024, opt="radam", ema=0.99993,
                                     steps=400_000, dropout=0.3, dist="pseudo_huber",
                                     s=(10, 1280), fourier=0.02, blocks=4),
@@ -121,7 +121,7 @@ def test_table3_values(key):
 
 
 def test_release_two_step_levels():
-  # SPEC §8: ts index 11 of 18 (CIFAR-10 CD), 22 of 40 (ImageNet 64 CD), 106 of 201 (CT) ...
+  # docs/maths.md §8: ts index 11 of 18 (CIFAR-10 CD), 22 of 40 (ImageNet 64 CD), 106 of 201 ...
   assert get("cifar10", "method=cd").sample.two_step_sigma == pytest.approx(0.5853, abs=1e-4)
   assert get("imagenet64", "method=cd").sample.two_step_sigma == pytest.approx(1.3824, abs=1e-4)
   assert get("imagenet64", "method=ct").sample.two_step_sigma == pytest.approx(1.9128, abs=1e-4)
@@ -135,7 +135,7 @@ def test_cifar10_network_is_the_released_ncsnpp():
   c = get("cifar10", "method=cd")
   module = models.create_model(c.model, c.data)
   shapes = jax.eval_shape(lambda k: models.init_params(module, k, c.data), jax.random.PRNGKey(0))
-  assert sum(x.size for x in jax.tree.leaves(shapes)) == 56_395_651  # SPEC §12
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == 56_395_651  # docs/maths.md §12
 
 
 @pytest.mark.parametrize("file,arg,message", [

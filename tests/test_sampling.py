@@ -57,7 +57,7 @@ def test_8_devices_match_1():
 
 
 def spec_sigma(i, steps):
-  """SPEC §8: index i of a descending grid of `steps` levels."""
+  """docs/maths.md §8: index i of a descending grid of `steps` levels."""
   return (80 ** (1 / 7) + i / (steps - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
 
 

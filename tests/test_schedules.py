@@ -1,4 +1,5 @@
-"""CT and iCT curricula and the iCT pair distribution against hand-computed values (SPEC §3, §5)."""
+"""CT and iCT curricula and the iCT pair distribution against hand-computed values
+(docs/maths.md §3, §5)."""
 import math
 
 import jax

@@ -4,9 +4,9 @@ Training cuts global batches from an endless stream of epochs, each a permutatio
 keyed by (seed, epoch), so global batch k depends on (seed, k) alone. Each process computes and
 reads only its own rows of every global batch; item k of the MapDataset is batch k, so resuming
 from a checkpoint needs nothing but the step. The permutation is a cached numpy argsort of hashed
-keys rather than grain's `shuffle().repeat().batch()`: that costs ~30 us per index in Python
-(60 ms per 2048-row batch), and grain folds the epoch into the seed additively, so seed s epoch 1
-would replay seed s+1 epoch 0.
+keys rather than grain's `shuffle().repeat().batch()`: that spends Python time on every index
+(docs/datasets.md, "Order, flips, processes"), and grain folds the epoch into the seed
+additively, so seed s epoch 1 would replay seed s+1 epoch 0.
 """
 from collections.abc import Iterator
 import functools

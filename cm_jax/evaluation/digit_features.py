@@ -145,8 +145,9 @@ def _param_shapes(module: DigitCNN, resolution: int) -> Any:
 def _init_params(module: DigitCNN, resolution: int, rng: np.random.Generator) -> Any:
   """LeCun-normal kernels and zero biases, drawn with NumPy.
 
-  Flax's own init compiles a threefry kernel per layer (~3 s on CPU, longer than training);
-  the distribution is the same up to truncation, and the cache makes it a one-off anyway.
+  Flax's own init compiles a threefry kernel per layer, which costs more on CPU than the
+  training itself; the distribution is the same up to truncation, and the cache makes it a
+  one-off anyway.
   """
   template = _param_shapes(module, resolution)
 
@@ -165,7 +166,7 @@ def _train_step(num_classes: int, feature_dim: int, steps: int, lr: float):
 
   Batches are sampled and shifted in NumPy and fed to a Python loop over the jitted step: no
   PRNG inside XLA (its threefry kernels compile slowly on CPU), and no lax.scan, inside which
-  XLA:CPU ran these convolutions ~10x slower (120 vs 14 ms per step).
+  XLA:CPU runs these convolutions many times slower (README, "Evaluation").
   """
   module = DigitCNN(num_classes=num_classes, feature_dim=feature_dim)
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, min(50, steps // 10)), steps)

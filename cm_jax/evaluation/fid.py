@@ -1,4 +1,4 @@
-"""FID, Inception Score and (optionally) improved precision/recall, streamed (SPEC §9).
+"""FID, Inception Score and (optionally) improved precision/recall, streamed (docs/maths.md §9).
 
 Images arrive batch by batch (from a sampler, a sample file or a dataset split); a feature network
 (the FID Inception, or the digit classifier on the digits default) runs on device, sharded over

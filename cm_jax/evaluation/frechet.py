@@ -1,8 +1,9 @@
 """Frechet distance between Gaussians fitted to features (the core of FID).
 
 Everything here is float64 NumPy/SciPy: the distance subtracts traces of large, nearly equal
-matrices, so float32 would lose the digits that separate good models (SPEC §9). `RunningStats`
-accumulates the moments batch by batch so 50k samples never need to sit in memory at once.
+matrices, so float32 would lose the digits that separate good models (docs/maths.md §9).
+`RunningStats` accumulates the moments batch by batch so 50k samples never need to sit in memory
+at once.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
   root (the pytorch-fid fallback). A negligible imaginary part from round-off is dropped; a large
   one means the statistics are not valid covariances and raises ValueError.
   method='eigh': the same trace through symmetric eigendecompositions (what the evaluator uses:
-  ~20x faster at 2048-d, no fallback needed); agrees with 'sqrtm' to round-off.
+  much faster at 2048-d, no fallback needed); agrees with 'sqrtm' to round-off.
   """
   mu1, sigma1 = _check_stats(mu1, sigma1, 'first stats')
   mu2, sigma2 = _check_stats(mu2, sigma2, 'second stats')

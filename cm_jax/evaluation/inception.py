@@ -1,4 +1,4 @@
-"""The FID Inception-v3 (the 2015 TensorFlow graph) in flax.linen (SPEC §9).
+"""The FID Inception-v3 (the 2015 TensorFlow graph) in flax.linen (docs/maths.md §9).
 
 This is the network behind pytorch-fid's `pt_inception-2015-12-05` weights, block for block as
 pytorch-fid's `fid_inception_v3` builds it: torchvision's Inception-v3 stem and Mixed_6a/7a, with

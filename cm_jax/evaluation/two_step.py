@@ -1,6 +1,6 @@
 """The search behind `cm_jax.evaluate --search_ts`: the 2-step intermediate level that minimises
-FID (docs/maths.md §8). Its result is kept by cm_jax.plans (WORKDIR/eval/two_step_sigma.json), which every
-2-step plan in sigma then goes through."""
+FID (docs/maths.md §8). cm_jax.plans keeps its result (WORKDIR/eval/two_step_sigma.json), which
+every later 2-step plan in sigma goes through."""
 from __future__ import annotations
 
 from typing import Callable

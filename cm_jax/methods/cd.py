@@ -1,4 +1,4 @@
-"""Consistency distillation (CD, SPEC §2), a `consistency.ConsistencyTraining`.
+"""Consistency distillation (CD, docs/maths.md §2), a `consistency.ConsistencyTraining`.
 
 The only difference from CT is x_lo: one Heun (or Euler) step of the teacher's probability-flow
 ODE from (x_hi, s_{n+1}) down to s_n, with the teacher's EMA weights in eval mode, instead of

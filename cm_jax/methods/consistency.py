@@ -3,11 +3,11 @@ ECT (ect.py) are each a `ConsistencyTraining` with their own pieces.
 
 A method is `loss(params, target_params, batch, rng, step, frozen=None) -> (loss, aux)` plus the
 target-network update (contract.Method); `frozen` holds read-only parameters a method needs besides
-its own (the CD teacher). The pieces: how the pair of levels is drawn (`GridPairs`: adjacent levels
-of a Karras grid of N(k) levels, CT / iCT / CD; `ContinuousPairs`: levels (r, t) from a sampler,
-ECT, where r = 0 makes the target the data itself), the weighting lambda, the target network (an
-EMA with mu(k), or none: stopgrad(theta)), and for CD x_lo from one teacher ODE step instead of
-x + s_n z.
+its own (CD's teacher; ECT only starts from one and takes none). The pieces: how the pair of
+levels is drawn (`GridPairs`: adjacent levels of a Karras grid of N(k) levels, CT / iCT / CD;
+`ContinuousPairs`: levels (r, t) from a sampler, ECT, where r = 0 makes the target the data
+itself), the weighting lambda, the target network (an EMA with mu(k), or none: stopgrad(theta)),
+and for CD x_lo from one teacher ODE step instead of x + s_n z.
 """
 from __future__ import annotations
 

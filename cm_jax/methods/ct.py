@@ -1,6 +1,6 @@
-"""Consistency training (CT, SPEC §3): uniform adjacent pairs of a grid whose N(k) grows as a
-square root, lambda = 1, and an EMA target network with mu(k) (consistency.py holds the machinery
-the consistency methods share)."""
+"""Consistency training (CT, docs/maths.md §3): uniform adjacent pairs of a grid whose N(k) grows
+as a square root, lambda = 1, and an EMA target network with mu(k) (consistency.py holds the
+machinery the consistency methods share)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
-"""Easy consistency tuning (ECT, SPEC §6; Geng et al. 2024), a `consistency.ConsistencyTraining`.
+"""Easy consistency tuning (ECT, docs/maths.md §6; Geng et al. 2024), a
+`consistency.ConsistencyTraining`.
 
 ECT starts from a trained EDM network (`config.teacher`, an EDM workdir: the student's online
 weights and evaluation EMA start from the teacher's, as CIFAR-10 CD does) and tunes it into a

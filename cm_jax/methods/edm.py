@@ -1,4 +1,5 @@
-"""The EDM denoiser (SPEC §1): the diffusion teacher that consistency distillation starts from.
+"""The EDM denoiser (docs/maths.md §1): the diffusion teacher of CD, the network ECT (and CT,
+given one) starts from.
 
 D(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)) is trained by denoising score matching
 with ln s ~ N(P_mean, P_std^2) and the weight (s^2 + sd^2) / (s sd)^2, which makes the effective

@@ -1,4 +1,4 @@
-"""Improved consistency training (iCT, SPEC §5), a `consistency.ConsistencyTraining`.
+"""Improved consistency training (iCT, docs/maths.md §5), a `consistency.ConsistencyTraining`.
 
 Differences from CT: no target network (teacher = stopgrad(theta)), pseudo-Huber distance over the
 whole sample, pairs drawn from a discretised log-normal, an exponential curriculum in N, and the

@@ -1,4 +1,5 @@
-"""Continuous-time consistency models (sCM, SPEC §7; Lu & Song 2025) and their TrigFlow teacher.
+"""Continuous-time consistency models (sCM, docs/maths.md §7; Lu & Song 2025) and their TrigFlow
+teacher.
 
 Three methods on the TrigFlow parameterisation of cm_jax/trigflow.py, all with t = arctan(exp(tau) /
 sd), tau ~ N(P_mean, P_std^2), x_t = cos(t) x0 + sin(t) z, z ~ N(0, sd^2 I):

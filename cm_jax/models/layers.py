@@ -286,13 +286,13 @@ class MultiHeadAttention(nn.Module):
 # Convolutions whose gradients XLA:CPU computes at matmul speed.
 #
 # XLA:CPU runs a 3x3 conv forward near matmul speed, but its weight gradient (a conv with a
-# whole-map "kernel" and a 3x3 output) at about a third of it, and its input gradient below the
-# forward's speed: on an NCSN++ step that was the biggest single cost. Here the primal stays
-# lax's conv, and the tangent is written as one matmul against all nine taps followed by a
-# shifted sum,  conv(x, w) = sum_ij shift_ij(x @ W[i, j]),  which is linear in (x, w). Reverse
-# mode transposes it into one "nine shifted copies of g" loop and two large matmuls (dx =
-# G9 @ W_all^T, dw = x^T @ G9), ~90% of the matmul peak instead of ~35% (64 x 32 x 32 x 256
-# maps). A custom_jvp, not a custom_vjp, so forward mode (sCM's jax.jvp) and higher derivatives
+# whole-map "kernel" and a 3x3 output) far below it, and its input gradient below the forward's
+# speed: on an NCSN++ step that is the biggest single cost. Here the primal stays lax's conv, and
+# the tangent is written as one matmul against all nine taps followed by a shifted sum,
+# conv(x, w) = sum_ij shift_ij(x @ W[i, j]),  which is linear in (x, w). Reverse mode transposes
+# it into one "nine shifted copies of g" loop and two large matmuls (dx = G9 @ W_all^T,
+# dw = x^T @ G9), which run near the matmul peak (the figures: README, "Networks and benchmark").
+# A custom_jvp, not a custom_vjp, so forward mode (sCM's jax.jvp) and higher derivatives
 # still work; with symbolic zeros a JVP that does not perturb the weights (sCM's) costs one
 # matmul. A 1x1 conv is simply a matmul. Only used on the CPU backend: GPUs and TPUs get
 # lax.conv_general_dilated unchanged.
@@ -333,9 +333,9 @@ def _shifted_tap_sum(y):
 
   Written as a split and nine shifting pads so that its transpose (reverse mode) is nine
   shifting pads of the cotangent and one concatenate: cheap copies, where a 6-D pad-and-slice
-  form transposed into a sum of nine zero-padded arrays (about twice as slow). The optimization
-  barrier (in reverse mode: on the assembled cotangent) stays because the NCSN++ step measured
-  faster with it (11.7-12.9 s vs 13.1-14.2 s a step, one comparison on a loaded machine)."""
+  form transposes into a slower sum of nine zero-padded arrays. The optimization barrier (in
+  reverse mode: on the assembled cotangent) stays because the NCSN++ step is faster with it
+  (README, "Networks and benchmark")."""
   y = jax.lax.optimization_barrier(y)
   parts = jax.lax.split(y, [y.shape[-1] // 9] * 9, axis=3)
   zero = jnp.zeros((), y.dtype)

@@ -4,8 +4,8 @@ relu3_3, relu4_3 and relu5_3, unit-normalise each over channels, square the diff
 channels by the linear heads (1x1 convs, no bias), average over space, sum over the five layers.
 
 Weights: torchvision's VGG16 file + the LPIPS v0.1 heads, converted once by
-`python -m cm_jax.convert lpips`. The distance (SPEC §4: inputs below 256 px are resized bilinearly
-to 224 first) is `cm_jax.distances.get_distance('lpips', ...)`.
+`python -m cm_jax.convert lpips`. The distance (docs/maths.md §4: inputs below 256 px are resized
+bilinearly to 224 first) is `cm_jax.distances.get_distance('lpips', ...)`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NCSN++ (Song et al., score SDE), the CIFAR-10 network of CM and iCT (SPEC §12).
+"""NCSN++ (Song et al., score SDE), the CIFAR-10 network of CM and iCT (docs/maths.md §12).
 
 The configuration the CM JAX release trains: BigGAN-style residual blocks that resample with the
 FIR kernel [1, 3, 3, 1], skip_rescale, progressive_input 'residual' (the input image is

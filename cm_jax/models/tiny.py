@@ -1,7 +1,7 @@
 """A small UNet for the digits default: a patchify stem, then a UNet on the coarse grid.
 
-At 16x16 with patch 2 the UNet works at 8x8 and 4x4 (SPEC §13: this used a CPU budget far better
-than a full-resolution UNet or an MLP).
+At 16x16 with patch 2 the UNet works at 8x8 and 4x4 (docs/maths.md §13: this uses a CPU budget
+far better than a full-resolution UNet or an MLP).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The ADM UNet (Dhariwal & Nichol, guided-diffusion), the ImageNet 64 and LSUN 256 network of
-the CM PyTorch release (SPEC §12).
+the CM PyTorch release (docs/maths.md §12).
 
 Layout as released: a 3x3 stem; per level `num_res_blocks` residual blocks (+ attention where the
 feature map's side, in pixels, is in `attn_resolutions`), then a down-sampling residual block

@@ -114,8 +114,8 @@ class Experiment:
 
   @property
   def is_denoiser(self) -> bool:
-    """EDM runs train a denoiser D(x, s), sampled by an ODE solver; the other methods train a
-    consistency function f(x, s), sampled in 1 or a few steps."""
+    """EDM and TrigFlow runs train a denoiser (D(x, s); TrigFlow's velocity), sampled by an ODE
+    solver; the other methods train a consistency function, sampled in 1 or a few steps."""
     return methods.spec(self.config.method).is_denoiser
 
   @property
@@ -149,7 +149,8 @@ class Experiment:
     return lambda x, sigma: karras.denoiser(net, x, sigma, self.levels)
 
   def default_plan(self):
-    """What a preview samples: 1 step from the top level, or the config's ODE solver for EDM."""
+    """What a preview samples: 1 step from the noise end (sigma_max, pi/2 or t = 1), or the
+    config's ODE solver for a denoiser (EDM, TrigFlow)."""
     return plans.resolve(self.config)
 
   def check_plan(self, plan) -> list[float]:
@@ -201,7 +202,7 @@ class Experiment:
                first_index: int = 0, labels=None) -> np.ndarray:
     """uint8 [num_samples, H, W, C]; sample i depends only on (seed, i, plan, label i).
 
-    plan: see `sampler` (sigmas for a consistency model, an EDMPlan for an EDM denoiser).
+    plan: see `sampler` (sigmas or times for a consistency model, an EDMPlan for a denoiser).
 
     labels: see `resolve_labels` (a class-conditional network draws them when none are given).
     """

@@ -1,4 +1,4 @@
-"""Read-only restores of a training workdir: for sampling, evaluation and the CD teacher.
+"""Read-only restores of a training workdir: for sampling, evaluation and teachers (CD, ECT, sCD).
 
 Nothing in the workdir is written, so a run may still be training there.
 """

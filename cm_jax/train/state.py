@@ -16,7 +16,7 @@ class TrainState:
   step: jnp.ndarray            # int32 scalar: steps taken, also the data position
   params: Any
   ema_params: Any              # evaluation EMA (config.ema_rate)
-  target_params: Optional[Any]  # CT target network; None when the teacher is stopgrad(params)
+  target_params: Optional[Any]  # CT's (CD's, mu > 0) target network; None: target = sg(params)
   opt_state: Any
   rng: jnp.ndarray             # uint32 [2]; folded with the step inside the train step
 

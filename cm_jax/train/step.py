@@ -57,9 +57,10 @@ def make_train_step(method, tx: optax.GradientTransformation, ema_rate: float, m
   shardings like the state's, from `parallel.state_shardings`), the batch is split over every
   device; jit inserts the gradient all-reduce. One key per run, folded with the step, so the noise
   does not depend on sharding.
-  `frozen`: read-only parameters the method needs besides its own (the CD teacher's EMA weights;
-  None otherwise). Replicated and, unlike the state, not donated: an argument rather than a
-  closure, so it is neither a compile-time constant nor part of the checkpointed state.
+  `frozen`: read-only parameters the method needs besides its own (the EMA weights of the
+  teacher CD or sCD queries; None otherwise). Replicated and, unlike the state, not donated: an
+  argument rather than a closure, so it is neither a compile-time constant nor part of the
+  checkpointed state.
 
   metrics['nonfinite'] is 1 when the loss or the gradient norm is not finite. With
   `skip_nonfinite` such a step leaves params, EMA, target and optimizer state as they were (the

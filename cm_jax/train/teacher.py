@@ -1,10 +1,13 @@
-"""The CD teacher: an EDM workdir, checked against the student, then restored read-only.
+"""The teacher workdir of CD, ECT, sCD (and CT given one), checked against the student, then
+restored read-only.
 
-The student names its teacher by workdir (`config.teacher`). Before anything is written or
-trained, the workdir must exist, hold an EDM run with the student's data shape, noise levels and
+The student names its teacher by workdir (`config.teacher`): an EDM run for CD, ECT and CT, a
+TrigFlow run for sCD (the MethodSpec's `teacher_method`). Before anything is written or trained,
+the workdir must exist, hold a run of that method with the student's data shape, noise levels and
 network (dropout aside: the student starts from the teacher's weights) and a finished checkpoint.
-The teacher's step and a fingerprint of its EMA weights go into every student checkpoint, so a
-resume distils from the very same teacher or refuses to start.
+CD and sCD query the teacher's EMA in their loss; ECT and CT only start from its weights. The
+teacher's step and a fingerprint of its EMA weights go into every student checkpoint, so a
+resume uses the very same teacher or refuses to start.
 """
 from __future__ import annotations
 
@@ -134,9 +137,9 @@ def load(config: ml_collections.ConfigDict, teacher_config: ml_collections.Confi
 
 
 def init_student(exp: Experiment, seed: int, teacher: Teacher) -> TrainState:
-  """CM's CD start: online = the teacher's online weights, evaluation EMA = the teacher's EMA,
-  target = online. Copies, because the student's state is donated to the step and the teacher
-  must stay intact."""
+  """CM's CD start, used for every method given a teacher: online = the teacher's online
+  weights, evaluation EMA = the teacher's EMA, target = online. Copies, because the student's
+  state is donated to the step and the teacher must stay intact."""
   def start(state, params, ema_params):
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
     target = None if state.target_params is None else copy(params)
