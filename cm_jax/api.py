@@ -4,10 +4,12 @@
     m = cm_jax.load("runs/digits_ict")          # the latest checkpoint's evaluation EMA
     images = m.sample(64, steps=2)              # uint8 [64, H, W, C], as `cm_jax.sample` writes
     clean = m.denoise(noisy, sigma=0.5)         # one evaluation f(y, sigma), floats in [-1, 1]
+    filled = m.edit(images, "inpaint", steps=2)  # CM Algorithm 4, uint8 as `cm_jax.edit` writes
     scores = m.evaluate(num_samples=1000)       # digits workdirs: the report's quality figures
 
 Sample i depends only on (seed, i, the plan, label i), as in the CLIs, so `m.sample` and
-`python -m cm_jax.sample` with the same arguments give the same images.
+`python -m cm_jax.sample` with the same arguments give the same images (`m.edit` and
+`python -m cm_jax.edit` likewise).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cm_jax import editing, plans
+from cm_jax import editing, edits, plans, sampling
 from cm_jax.errors import UserError
 from cm_jax.train import report, restore
 from cm_jax.train.experiment import Experiment
@@ -83,6 +85,34 @@ class Model:
     f = exp.consistency_fn(self.params, None if lab is None else jnp.asarray(lab))
     return np.asarray(jax.jit(lambda y: editing.denoise(f, y, float(sigma),
                                                         clip=bool(self.config.sample.clip)))(x))
+
+  def edit(self, images, task: str, steps: Optional[int] = None,
+           sigmas: Optional[Sequence[float]] = None, labels=None, seed: int = 0,
+           batch_size: int = 256, **options) -> np.ndarray:
+    """A zero-shot edit (cm_jax.edits.TASKS) of uint8 or [-1, 1] float images [N, H, W, C]
+    (interpolate: pairs), at the levels of `steps` / `sigmas` in sigma (a MeanFlow model edits
+    through its sigma-time consistency function); options: edits.Options (mask, factor,
+    noise_sigma, add_noise, num_alphas). uint8 [M, H, W, C], as `cm_jax.edit` writes arr_0."""
+    exp = self.experiment
+    edits.check_model(exp, self.workdir)
+    opts = edits.Options(**options)
+    opts.check(task)
+    if task == "denoise":
+      if steps is not None or sigmas is not None:
+        raise UserError("task='denoise' evaluates f once at noise_sigma; it takes no steps or "
+                        "sigmas.")
+      levels = [exp.levels.sigma_max]  # unused by denoise
+    else:
+      if steps is not None and sigmas is not None:
+        raise UserError("Give steps or sigmas, not both.")
+      levels = plans.resolve(self.config, workdir=self.workdir, steps=steps, sigmas=sigmas,
+                             in_sigma=True)
+    y = np.asarray(images)
+    y = edits.to_float(y) if y.dtype == np.uint8 else y.astype(np.float32)
+    count = len(y) // 2 if task == "interpolate" else len(y)
+    result = edits.run(exp, self.params, task, y, levels, self.labels_for(count, labels, seed),
+                       seed=seed, opts=opts, batch_size=batch_size)
+    return sampling.to_uint8(result.edited)
 
   def evaluate(self, num_samples: int = 1000, seed: int = 1) -> dict:
     """Digits workdirs: {plan name: quality report} as the end-of-run report computes it (the

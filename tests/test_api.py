@@ -59,3 +59,19 @@ def test_mistakes_are_user_errors(workdir):
     m.denoise(np.zeros((1, 16, 16, 1), np.float32), sigma=100.0)
   with pytest.raises(UserError, match=r"Images must be \[N, 16, 16, 1\]"):
     m.denoise(np.zeros((1, 8, 8, 1), np.float32), sigma=0.5)
+
+
+def test_edit_equals_the_edit_cli(workdir, tmp_path):
+  m = cm_jax.load(str(workdir))
+  images = m.sample(4, seed=7)  # any uint8 images at the model's size
+  np.savez(tmp_path / "in.npz", arr_0=images, arr_1=np.arange(4))  # the CLI reads arr_1 labels
+  mine = m.edit(images, "inpaint", steps=2, labels=[0, 1, 2, 3], seed=5, mask="strokes")
+  assert mine.shape == images.shape and mine.dtype == np.uint8
+  run_cli("cm_jax.edit", f"--workdir={workdir}", "--task=inpaint", f"--images={tmp_path}/in.npz",
+          "--steps=2", "--seed=5", "--mask=strokes", f"--out={tmp_path}/e.npz")
+  np.testing.assert_array_equal(mine, np.load(tmp_path / "e.npz")["arr_0"])
+  assert m.edit(images, "denoise", noise_sigma=0.5, labels=1).shape == images.shape
+  with pytest.raises(UserError, match="--noise_sigma is for --task=denoise only"):
+    m.edit(images, "inpaint", noise_sigma=0.5)
+  with pytest.raises(UserError, match="takes no steps or sigmas"):
+    m.edit(images, "denoise", steps=1, noise_sigma=0.5)
