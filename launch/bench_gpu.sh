@@ -72,7 +72,7 @@ bench imagenet64_ct_adm_bf16 configs/imagenet64.py:method=ct "${IN64_BATCH:-32}"
 echo "== Inception features"
 inception=(--batch_size=256 --batches=8)
 [[ "$dry" == 1 ]] && inception=(--batch_size=2 --batches=1)
-timeout 60 "$py" -m cm_jax.evaluation.bench_inception "${inception[@]}" --no_torch \
+timeout 60 "$py" -m cm_jax.evaluation.bench_inception "${inception[@]}" --notorch \
     | tee "$out/inception.txt"
 
 echo "== the digits default (iCT), trained to completion"
