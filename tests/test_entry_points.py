@@ -16,8 +16,8 @@ IMPORTED_COMMANDS = ("cm_jax.train.report", "cm_jax.storage", "cm_jax.data.digit
 
 # command -> the flags its --help must list (the shared --debug and --verbosity besides)
 HELP = {
-    "cm_jax.convert": ("--src", "--out", "--vgg", "--heads", "--[no]overwrite", "--family", "--kind",
-                       "--config", "--dtype", "--params"),
+    "cm_jax.convert": ("--src", "--out", "--vgg", "--heads", "--[no]overwrite", "--family",
+                       "--kind", "--config", "--dtype", "--params"),
     "cm_jax.train.report": (),
     "cm_jax.storage": (),
     "cm_jax.data.digits": ("--out",),
