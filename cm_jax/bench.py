@@ -1,39 +1,10 @@
-"""python -m cm_jax.bench --config=configs/cifar10.py:method=ct --batch_size=8 --steps=5 --json=OUT.json
+"""python -m cm_jax.bench --config=configs/cifar10.py:method=ct --batch_size=8 --train_steps=5
+                       [--json=OUT.json]
 
-Benchmarks a config's real train step (the jitted, sharded step `cm_jax.train` runs, with its
-network, method, optimizer, EMA and target updates) on random data, and 1-step sampling:
-
-  compile_s             lowering + XLA compilation of the train step
-  step_s                median wall time of a step after one warm-up step (`step_times_s`: all;
-                        `peak_fraction_best` uses the fastest step: on a shared machine the
-                        others wait for CPU)
-  img_per_s_per_device  global batch / step_s / devices
-  flops_per_step        XLA's own count for the compiled step (compiled.cost_analysis()["flops"];
-                        on several devices, the per-device program's). On CPU, the count for the
-                        step compiled with lax convolutions (layers.plain_convs): the CPU conv
-                        rewrites that run also multiply at padding positions, which are not the
-                        network's work; `flops_per_step_executed` is the running program's count
-  peak_flops            one device's peak FLOP/s: a table by device kind on GPU/TPU (dense, the
-                        config's compute dtype), measured on CPU by a large matmul in that dtype
-  peak_fraction         flops_per_step / step_s / peak_flops
-  peak_fraction_cpu_time  (CPU only) the same ratio in FLOPs per process CPU-second, step vs
-                        matmul: what a step would reach on idle cores, robust to other
-                        processes sharing the machine
-  peak_memory_bytes     GPU/TPU: the device's peak_bytes_in_use after the steps; CPU: XLA's
-                        compiled memory_analysis of the step (arguments + outputs - aliased +
-                        temporaries), `peak_memory_source` says which; `process_max_rss_bytes`
-                        is the process's peak resident set besides; on CPU,
-                        `memory_analysis_plain_convs` is the same analysis of the step with lax
-                        convolutions (the program a GPU compiles) scheduled to minimise memory
-                        (XLA:CPU's default schedule trades memory for parallel execution)
-  sample_img_per_s      1-step sampling f(T z, T) in eval mode, same batch size
-
-`--steps=0` compiles from abstract shapes (nothing allocated) and reports the FLOP and memory
-figures without running a step or sampling (how the ImageNet 64 batch-32 memory figure is taken
-on a CPU). Random images stand in for the dataset, so
-nothing needs to be prepared; LPIPS runs when `consistency.lpips_weights` names converted
-weights, and is otherwise replaced by l2 (the JSON's notes say so). CD benchmarks with the student's own weights standing in for the teacher's:
-the same shapes, hence the same cost.
+Times a config's real train step (the jitted, sharded step `cm_jax.train` runs, with its network,
+method, optimizer, EMA and target updates) on random data, and 1-step sampling; prints compile
+time, step time, img/s, XLA's FLOPs, the fraction of peak and peak memory. `--train_steps=0`
+compiles and analyses only (nothing allocated). What each JSON field means: docs/bench.md.
 """
 from __future__ import annotations
 
@@ -53,11 +24,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global batch; default: the config's "
                               "train.batch_size.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps after one warm-up step; 0 = "
-                              "compile and analyse only.")
+# Training steps: --steps of cm_jax.sample / evaluate counts sampling steps.
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 5, "Timed train steps after one warm-up step; "
+                                    "0 = compile and analyse only.")
 _SAMPLE_REPEATS = flags.DEFINE_integer("sample_repeats", 3, "Timed 1-step sampling calls "
                                        "(0 = skip sampling).")
-_JSON = flags.DEFINE_string("json", None, "Write the results here as JSON.")
+_JSON = flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "CPU peak: side of the square matmul.")
 flags.mark_flags_as_required(["config"])
 
@@ -138,7 +110,7 @@ def _random_batch(exp, batch_size: int, seed: int = 0) -> dict:
   return {"image": images, "label": rng.integers(0, classes, (batch_size,)).astype(np.int32)}
 
 
-def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
+def run_benchmark(config, batch_size: Optional[int] = None, train_steps: int = 5,
                   sample_repeats: int = 3, matmul_size: int = 2048) -> dict:
   """Builds the config's train step and sampler, times them, returns the figures (a dict)."""
   import jax
@@ -174,7 +146,7 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
            config.model.name, devices, kind, platform, batch_size, compute)
 
   batch = parallel.global_batch(_random_batch(exp, batch_size), mesh)
-  if steps > 0:
+  if train_steps > 0:
     state = exp.init_state(int(config.seed))
   else:  # analyse only: shapes and shardings, nothing allocated (a 296M-parameter state is 6 GB)
     state = exp.abstract_state()
@@ -182,7 +154,7 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
   n_params = models.num_params(state.params)
   frozen = None
   if exp.method.uses_teacher:
-    frozen = state.ema_params if steps == 0 else jax.tree.map(jnp.copy, state.ema_params)
+    frozen = state.ema_params if train_steps == 0 else jax.tree.map(jnp.copy, state.ema_params)
     notes.append("cd: the student's weights stand in for the teacher's (same cost)")
   # Built exactly as cm_jax.train.loop builds it.
   kwargs = dict(skip_nonfinite=bool(config.train.get("skip_nonfinite", False)),
@@ -219,11 +191,11 @@ def run_benchmark(config, batch_size: Optional[int] = None, steps: int = 5,
     del plain
 
   step_s, times, cpu_times = None, [], []
-  if steps > 0:
+  if train_steps > 0:
     state, metrics = compiled(state, batch, frozen)          # warm-up
     jax.block_until_ready(metrics)
     times = []
-    for _ in range(steps):
+    for _ in range(train_steps):
       t, c = time.perf_counter(), _cpu_seconds()
       state, metrics = compiled(state, batch, frozen)
       jax.block_until_ready(metrics)
@@ -344,13 +316,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup_logging()
   with cli.user_errors_exit():
-    if _STEPS.value < 0 or _SAMPLE_REPEATS.value < 0:
-      raise UserError("--steps and --sample_repeats must be >= 0.")
+    if _TRAIN_STEPS.value < 0 or _SAMPLE_REPEATS.value < 0:
+      raise UserError("--train_steps and --sample_repeats must be >= 0.")
     if _BATCH.value is not None and _BATCH.value < 1:
       raise UserError("--batch_size must be >= 1.")
     if _JSON.value:
       files.check_output_file(_JSON.value, "--json", ".json")
-    result = run_benchmark(_CONFIG.value, _BATCH.value, _STEPS.value, _SAMPLE_REPEATS.value,
+    result = run_benchmark(_CONFIG.value, _BATCH.value, _TRAIN_STEPS.value, _SAMPLE_REPEATS.value,
                            _MATMUL.value)
     print(format_table(result))
     if _JSON.value:

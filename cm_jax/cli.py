@@ -81,12 +81,25 @@ def _check_config_files() -> None:
         sys.exit(EXIT_USER_ERROR)
 
 
+# Read by every command (user_errors_exit, setup_logging): listed by each one's --help.
+SHARED_FLAGS = ("debug", "verbosity")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing where a bad --config override or config argument is a one-line error."""
+  """absl flag parsing where a bad --config override or config argument is a one-line error.
+
+  --help lists the command's own flags and the shared ones, and exits 0."""
+  for name in SHARED_FLAGS:
+    # --help shows the key flags of the main module, named by sys.argv[0] as absl names it.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   try:
     rest = flags.FLAGS(argv)
     _check_config_files()
     return rest
+  except SystemExit as e:
+    # absl's --help / --helpfull print the usage and exit 1 while parsing; no other flag exits
+    # there. Help that was asked for is no failure.
+    sys.exit(0 if e.code == 1 else e.code)
   except flags.Error as e:
     lines = [l for l in str(e).splitlines() if l.strip()]
     # A config file that raised comes wrapped with its traceback: its last line is the message.

@@ -20,3 +20,11 @@ class Diverged(UserError, FloatingPointError):
 
 class WorkdirBusy(UserError, RuntimeError):
   """Another live process holds the workdir's lock."""
+
+
+class PathExists(UserError, FileExistsError):
+  """An output path the user named already holds what the command would write."""
+
+
+class MissingDependency(UserError, ImportError):
+  """An optional package (a pip extra) is not installed; the message names the install."""

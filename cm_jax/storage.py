@@ -12,6 +12,9 @@ Object stores differ from a POSIX disk in what the callers rely on, and each has
 
 gcsfs caches listings, per instance; other writers (Orbax's arrays go through TensorStore)
 change the bucket behind them, so every call here first drops the listings of every instance.
+
+The command: python -m cm_jax.storage put LOCAL_FILE DEST (DEST a gs:// or local path), with
+which the TPU launcher copies worker logs; the only flags are the shared ones.
 """
 from __future__ import annotations
 
@@ -20,10 +23,9 @@ import os
 import posixpath
 import re
 import shutil
-import sys
 from typing import Optional
 
-from cm_jax.errors import UserError
+from cm_jax.errors import MissingPath, UserError
 
 SERVED_SCHEMES = ("gs",)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -246,20 +248,33 @@ def _fsspec_path_class():
   return FsspecPath
 
 
-def _main(argv: list[str]) -> int:
-  """`python -m cm_jax.storage put LOCAL DEST`: the TPU launcher copies worker logs with it."""
-  if len(argv) != 3 or argv[0] != "put":
-    print("usage: python -m cm_jax.storage put LOCAL_FILE DEST (a gs:// or local path)",
-          file=sys.stderr)
-    return 2
-  src, dst = argv[1], argv[2]
-  if is_remote(dst):
-    upload(src, dst)
+def put(local: str, dest: str) -> None:
+  """Copies a local file to `dest`, a gs:// or local path (parent folders made as needed)."""
+  if not os.path.isfile(local):
+    raise MissingPath(f"{local} is not a file: nothing to copy.")
+  check(dest, "DEST")
+  if is_remote(dest):
+    upload(local, dest)
   else:
-    makedirs(os.path.dirname(dst) or ".")
-    shutil.copyfile(src, dst)
-  return 0
+    makedirs(os.path.dirname(dest) or ".")
+    shutil.copyfile(local, dest)
+
+
+def _main(argv: list[str]) -> None:
+  """`python -m cm_jax.storage put LOCAL_FILE DEST`: the TPU launcher copies worker logs with it
+  (launch/train.sh writes this positional form). No flags of its own: the library imports this
+  module, and absl flags are process-global."""
+  from cm_jax import cli
+  cli.setup_logging()
+  with cli.user_errors_exit():
+    args = argv[1:]
+    if len(args) != 3 or args[0] != "put":
+      raise UserError(f"Give: put LOCAL_FILE DEST (a gs:// or local path); got: "
+                      f"{' '.join(args) or 'nothing'}.")
+    put(args[1], args[2])
 
 
 if __name__ == "__main__":
-  sys.exit(_main(sys.argv[1:]))
+  from absl import app
+  from cm_jax import cli
+  app.run(_main, flags_parser=cli.parse_flags)

@@ -210,8 +210,8 @@ def runlocal(c: ml_collections.ConfigDict, resolution: int = 8) -> None:
   `resolution`); the network keeps one level, with attention, a few channels wide and a quarter
   of the depth (at least one block: iCT-deep keeps twice iCT's); batch 8, 4 steps. LPIPS becomes
   l2: a smoke run has no converted VGG16/LPIPS weights. The data must still be prepared: on a
-  machine without the dataset, `python -m cm_jax.data.fake NAME DIR` writes a small random
-  stand-in (then --config.data.data_dir=DIR).
+  machine without the dataset, `python -m cm_jax.data.fake --dataset=NAME --out=DIR` writes a
+  small random stand-in (then --config.data.data_dir=DIR).
   """
   c.data.resolution = resolution
   blocks = max(1, int(c.model.num_res_blocks) // 4)

@@ -9,7 +9,7 @@
 # peak_fraction = MFU, peak_memory_bytes, sample_img_per_s, ...) to $OUT (if set) or
 # runs/bench_gpu/; summary.txt holds one line per part.
 #
-#   bash launch/bench_gpu.sh [extra flags for both cm_jax.bench runs, e.g. --steps=20]
+#   bash launch/bench_gpu.sh [extra flags for both cm_jax.bench runs, e.g. --train_steps=20]
 # Python: CM_JAX_PYTHON, else the machine's python3 as it is (jax with CUDA installed, no
 # network needed). The wheels it lacks (launch/gpu_wheels.sh fetches them beforehand where PyPI
 # is reachable, into .whl/ or CM_JAX_WHEELS) are installed with pip --no-index --no-deps
@@ -58,9 +58,9 @@ fi
 tiny="configs/digits.py:method=ct,runlocal"
 bench() {  # name, config, batch, seconds, extra...
   local name="$1" config="$2" batch="$3" limit="$4"; shift 4
-  local flags=(--steps=10 --sample_repeats=5)
+  local flags=(--train_steps=10 --sample_repeats=5)
   if [[ "$dry" == 1 ]]; then
-    config="$tiny"; batch=4; flags=(--steps=1 --sample_repeats=1 --matmul_size=256 --config.model.channels=8)
+    config="$tiny"; batch=4; flags=(--train_steps=1 --sample_repeats=1 --matmul_size=256 --config.model.channels=8)
   fi
   echo "== $name: $config, batch $batch"
   timeout "$limit" "$py" -m cm_jax.bench --config="$config" --batch_size="$batch" "${flags[@]}" \
@@ -72,7 +72,7 @@ bench imagenet64_ct_adm_bf16 configs/imagenet64.py:method=ct "${IN64_BATCH:-32}"
 echo "== Inception features"
 inception=(--batch_size=256 --batches=8)
 [[ "$dry" == 1 ]] && inception=(--batch_size=2 --batches=1)
-timeout 60 "$py" -m cm_jax.evaluation.bench_inception "${inception[@]}" --no_torch \
+timeout 60 "$py" -m cm_jax.evaluation.bench_inception "${inception[@]}" --notorch \
     | tee "$out/inception.txt"
 
 echo "== the digits default (iCT), trained to completion"

@@ -8,6 +8,6 @@ from tests.cli_runner import run_cli
 pytestmark = pytest.mark.slow
 
 def test_bench_cli_bad_input_is_a_clear_error():
-  out = run_cli("cm_jax.bench", "--config=configs/digits.py:method=ct,runlocal", "--steps=-1",
+  out = run_cli("cm_jax.bench", "--config=configs/digits.py:method=ct,runlocal", "--train_steps=-1",
                 check=False, timeout=120)
-  assert out.returncode == 2 and "--steps" in out.stderr
+  assert out.returncode == 2 and "--train_steps" in out.stderr

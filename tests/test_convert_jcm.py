@@ -177,7 +177,7 @@ def test_bad_files_are_clear_errors(tmp_path):
   with pytest.raises(LayoutError, match="holds no params or params_ema"):
     jcm_ncsnpp.import_state(read("no_params"), what="no_params")
   _write(tmp_path / "online_only", {"step": 3, "params": params})
-  with pytest.raises(LayoutError, match="--weights=online"):
+  with pytest.raises(LayoutError, match="--params=online"):
     jcm_ncsnpp.import_state(read("online_only"), what="online_only")
   assert jcm_ncsnpp.import_state(read("online_only"), weights="online", what="x")["step"] == 3
   foreign = {**params, "Combine_0": {"Conv_0": {"kernel": np.zeros((1, 1, 2, 2), np.float32)}}}

@@ -59,7 +59,7 @@ def imported(tmp_path_factory):
   hub = root / "diffusers-cd_imagenet64_l2"
   runlocal_unet(0).save_pretrained(str(hub / "unet"))
   wd = root / "in64_cd_l2"
-  out = convert("diffusers", f"--src={hub}", f"--dst={wd}", f"--config={IN64_CD}")
+  out = convert("diffusers", f"--src={hub}", f"--out={wd}", f"--config={IN64_CD}")
   return root, hub, wd, out
 
 
@@ -122,7 +122,7 @@ def test_imported_edm_pt_teaches_a_cd_run(imported, tmp_path):
   pt = tmp_path / "edm_imagenet64_ema.pt"
   torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, pt)
   teacher = tmp_path / "edm"
-  out = convert("openai", f"--src={pt}", f"--dst={teacher}", f"--config={IN64_EDM}")
+  out = convert("openai", f"--src={pt}", f"--out={teacher}", f"--config={IN64_EDM}")
   assert "Found: openai release, EDM imagenet64" in out.stdout, out.stdout
   assert checkpoint.load_config(str(teacher)).method == "edm"
   sample(teacher, "--num_samples=2", f"--out={tmp_path}/heun.npz")  # the EDM ODE sampler
@@ -150,7 +150,7 @@ def test_imported_jcm_edm_starts_an_ect_run(tmp_path):
   src = tmp_path / "edm_cifar10_ema"
   params = jcm_edm_file(src)
   wd = tmp_path / "c10_edm"
-  out = convert("jcm", f"--src={src}", f"--dst={wd}",
+  out = convert("jcm", f"--src={src}", f"--out={wd}",
                 "--config=configs/cifar10.py:method=edm,runlocal")
   assert "Found: jcm release, EDM cifar10" in out.stdout, out.stdout
   _, state, _ = restore_state(str(wd), checkpoint.load_config(str(wd)))
@@ -168,28 +168,28 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(imported, tmp_path):
   root, hub, wd, _ = imported
   before = snapshot(wd)
   cases = []
-  # --dst already holds checkpoints.
-  cases.append((["diffusers", f"--src={hub}", f"--dst={wd}", f"--config={IN64_CD}"],
+  # --out already holds checkpoints.
+  cases.append((["diffusers", f"--src={hub}", f"--out={wd}", f"--config={IN64_CD}"],
                 "holds checkpoints", wd))
   # Not a state dict; a truncated file.
   junk = tmp_path / "cd_imagenet64_l2.pt"
   junk.write_bytes(b"not a torch file at all")
-  cases.append((["openai", f"--src={junk}", f"--dst={tmp_path}/a", f"--config={IN64_CD}"],
+  cases.append((["openai", f"--src={junk}", f"--out={tmp_path}/a", f"--config={IN64_CD}"],
                 "not a weights-only PyTorch state dict", tmp_path / "a"))
   # A diffusers folder without unet/.
   empty = tmp_path / "diffusers-empty"
   empty.mkdir()
-  cases.append((["diffusers", f"--src={empty}", f"--dst={tmp_path}/b", f"--config={IN64_CD}",
+  cases.append((["diffusers", f"--src={empty}", f"--out={tmp_path}/b", f"--config={IN64_CD}",
                  "--kind=cd", "--family=imagenet64"], "unet", tmp_path / "b"))
   # The network of another config: the full-size ImageNet 64 one.
-  cases.append((["diffusers", f"--src={hub}", f"--dst={tmp_path}/c"],
+  cases.append((["diffusers", f"--src={hub}", f"--out={tmp_path}/c"],
                 "network is not the one", tmp_path / "c"))
   # Not a flax msgpack State; a msgpack without params.
-  cases.append((["jcm", f"--src={junk}", f"--dst={tmp_path}/d", "--kind=cd"],
+  cases.append((["jcm", f"--src={junk}", f"--out={tmp_path}/d", "--kind=cd"],
                 "not a flax msgpack checkpoint", tmp_path / "d"))
   no_params = tmp_path / "checkpoint_3"
   no_params.write_bytes(flax.serialization.msgpack_serialize({"step": 3, "rng_state": 0}))
-  cases.append((["jcm", f"--src={no_params}", f"--dst={tmp_path}/e", "--kind=ct"],
+  cases.append((["jcm", f"--src={no_params}", f"--out={tmp_path}/e", "--kind=ct"],
                 "holds no params or params_ema", tmp_path / "e"))
   # A state dict of another architecture: learn_sigma's 6 output channels.
   import torch
@@ -199,14 +199,17 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(imported, tmp_path):
   (tmp_path / "sigma").mkdir()
   sigma = tmp_path / "sigma" / "cd_imagenet64_l2.pt"
   torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, sigma)
-  cases.append((["openai", f"--src={sigma}", f"--dst={tmp_path}/f", f"--config={IN64_CD}"],
+  cases.append((["openai", f"--src={sigma}", f"--out={tmp_path}/f", f"--config={IN64_CD}"],
                 "learn_sigma", tmp_path / "f"))
   # A truncated download of a real state dict.
   (tmp_path / "cut").mkdir()
   cut = tmp_path / "cut" / "cd_imagenet64_l2.pt"
   cut.write_bytes(sigma.read_bytes()[: sigma.stat().st_size // 2])
-  cases.append((["openai", f"--src={cut}", f"--dst={tmp_path}/g", f"--config={IN64_CD}"],
+  cases.append((["openai", f"--src={cut}", f"--out={tmp_path}/g", f"--config={IN64_CD}"],
                 "not a weights-only PyTorch state dict", tmp_path / "g"))
+  # A flag of another command (openai/diffusers' --family), refused rather than ignored.
+  cases.append((["jcm", f"--src={junk}", f"--out={tmp_path}/h", "--family=imagenet64"],
+                "--family: not read by `convert jcm`", tmp_path / "h"))
   for args, message, dst in cases:
     out = convert(*args, check=False)
     assert out.returncode == 2, (args, out.stderr[-2000:])

@@ -223,15 +223,15 @@ def test_known_names_and_unknown_dataset():
 
 
 def test_digits_build_command_builds_the_splits(tmp_path):
-  """`python -m cm_jax.data.digits DIR`, the command the gs:// data_dir error gives."""
+  """`python -m cm_jax.data.digits --out=DIR`, the command the gs:// data_dir error gives."""
   import subprocess
   from tests import REPO_ROOT, subprocess_env
   run = lambda *a: subprocess.run([sys.executable, "-m", "cm_jax.data.digits", *a], cwd=REPO_ROOT,
                                   env=subprocess_env(), capture_output=True, text=True, timeout=300)
-  out = run(str(tmp_path / "tfds"))
+  out = run(f"--out={tmp_path / 'tfds'}")
   assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
   config = ml_collections.ConfigDict(dict(name="digits", data_dir=str(tmp_path / "tfds"),
                                           resolution=16, channels=1, num_classes=10))
   assert data.dataset_size(config, "train") == 1497 and data.dataset_size(config, "test") == 300
-  out = run()
-  assert out.returncode == 2 and "usage: python -m cm_jax.data.digits DATA_DIR" in out.stderr
+  out = run(str(tmp_path / "tfds"))   # the old positional form: --out is required
+  assert out.returncode == 2 and "--out must have a value" in out.stderr

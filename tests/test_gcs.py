@@ -130,9 +130,10 @@ def test_datasets_are_read_from_gs(gcs, tmp_path):
 def test_launcher_log_upload(gcs, tmp_path):
   log = tmp_path / "worker-0.log"
   log.write_text("trained\n")
-  assert storage._main(["put", str(log), f"{gcs}/logs/worker-0.log"]) == 0
+  storage.put(str(log), f"{gcs}/logs/worker-0.log")   # `python -m cm_jax.storage put` does
   assert storage.read_text(f"{gcs}/logs/worker-0.log") == "trained\n"
-  assert storage._main(["put", str(log)]) == 2
+  with pytest.raises(UserError, match="is not a file"):
+    storage.put(str(tmp_path / "missing.log"), f"{gcs}/logs/worker-1.log")
 
 
 def test_workdir_lock_on_gcs(gcs):

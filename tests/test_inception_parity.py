@@ -3,13 +3,15 @@
 Needs the [test] extra's torch, torchvision and pytorch-fid (it fails, never skips, without them).
 """
 import os
+import re
 
 import jax
 import numpy as np
 import pytest
 
-from cm_jax.convert import __main__ as convert_cli
+from cm_jax.convert import feature_nets
 from cm_jax.convert import torch_weights
+from cm_jax.errors import UserError
 from cm_jax.evaluation import fid, inception
 from tests.helpers import torch_reference as tr
 
@@ -21,7 +23,7 @@ def reference(tmp_path_factory):
   model, base, state = tr.fid_inception(seed=0)
   src, dst = str(root / "pt_inception_random.pth"), str(root / "flax")
   tr.save_state_dict(state, src)
-  assert convert_cli.main(["inception", f"--src={src}", f"--dst={dst}"]) == 0
+  feature_nets.convert_inception(src, dst)
   return model, base, state, src, dst
 
 
@@ -72,7 +74,7 @@ def test_converter_uses_every_key_and_fills_every_param(reference):
                                 state["Mixed_7c.branch_pool.bn.running_var"])
 
 
-def test_wrong_layouts_are_clear_errors(reference, tmp_path, capsys):
+def test_wrong_layouts_are_clear_errors(reference, tmp_path):
   import torch
   state = reference[2]
   # A torchvision-style file (aux logits, no 1008-way fc) / a stray key / a missing key.
@@ -86,7 +88,8 @@ def test_wrong_layouts_are_clear_errors(reference, tmp_path, capsys):
   wrong_shape["fc.weight"] = np.zeros((1000, 2048), np.float32)
   with pytest.raises(torch_weights.LayoutError, match="fc/kernel has shape"):
     torch_weights.inception_from_state_dict(wrong_shape)
-  # Through the CLI: an LPIPS heads file, a pickled non-state-dict, a missing file.
+  # Through the converter: an LPIPS heads file, a pickled non-state-dict, a missing file
+  # (UserErrors: the CLI's one-line errors, tested in test_user_errors.py).
   heads = tmp_path / "heads.pth"
   torch.save({f"lin{k}.model.1.weight": torch.zeros(1, 64, 1, 1) for k in range(5)}, heads)
   junk = tmp_path / "junk.pth"
@@ -94,8 +97,8 @@ def test_wrong_layouts_are_clear_errors(reference, tmp_path, capsys):
   for src, message in ((heads, "not pytorch-fid's FID Inception layout"),
                        (junk, "not a weights-only PyTorch state dict"),
                        (tmp_path / "nope.pth", "does not exist")):
-    assert convert_cli.main(["inception", f"--src={src}", f"--dst={tmp_path / 'out'}"]) == 2
-    assert message in capsys.readouterr().err
+    with pytest.raises(UserError, match=re.escape(message)):
+      feature_nets.convert_inception(str(src), str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out")
 
 
@@ -107,10 +110,11 @@ def test_loading_a_wrong_directory_is_a_clear_error(reference, tmp_path):
     lpips.load.__wrapped__(reference[4])
 
 
-def test_converter_refuses_to_replace_weights_unless_told(reference, capsys):
+def test_converter_refuses_to_replace_weights_unless_told(reference):
   _, _, _, src, dst = reference
   before = os.path.getmtime(os.path.join(dst, "params.msgpack"))
-  assert convert_cli.main(["inception", f"--src={src}", f"--dst={dst}"]) == 2
-  assert "already holds converted weights; pass --overwrite" in capsys.readouterr().err
+  with pytest.raises(UserError, match="already holds converted weights; pass --overwrite"):
+    feature_nets.check_destination(dst, overwrite=False)
   assert os.path.getmtime(os.path.join(dst, "params.msgpack")) == before
-  assert convert_cli.main(["inception", f"--src={src}", f"--dst={dst}", "--overwrite"]) == 0
+  feature_nets.check_destination(dst, overwrite=True)
+  feature_nets.convert_inception(src, dst)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cm_jax import distances, methods, models
-from cm_jax.convert import __main__ as convert_cli
+from cm_jax.convert import feature_nets
 from cm_jax.convert import torch_weights
 from cm_jax.models import lpips
 from tests.helpers import torch_reference as tr
@@ -18,7 +18,7 @@ def reference(tmp_path_factory):
   vgg, head_file, dst = str(root / "vgg16.pth"), str(root / "heads.pth"), str(root / "flax")
   tr.save_state_dict(vgg_state, vgg)
   tr.save_state_dict(heads, head_file)
-  assert convert_cli.main(["lpips", f"--vgg={vgg}", f"--heads={head_file}", f"--dst={dst}"]) == 0
+  feature_nets.convert_lpips(vgg, head_file, dst)
   return model, vgg_state, heads, dst
 
 

@@ -52,11 +52,11 @@ def _probes(root, w):
         f"--out={root}/new/e.npz"], "is not a readable .npz archive"),
       (["cm_jax.edit", f"--workdir={w}", "--task=denoise", f"--images={root}/pngs",
         f"--out={root}/new/e.npz"], "Cannot read image"),
-      (["cm_jax.convert", "inception", f"--src={root}/junk.pth", f"--dst={root}/new/c"],
+      (["cm_jax.convert", "inception", f"--src={root}/junk.pth", f"--out={root}/new/c"],
        "is not a weights-only PyTorch state dict"),
-      (["cm_jax.convert", "inception", f"--src={root}/junk.pth", f"--dst={root}/a_file"],
+      (["cm_jax.convert", "inception", f"--src={root}/junk.pth", f"--out={root}/a_file"],
        "is a file"),
-      (["cm_jax.convert", "inception", f"--src={root}/junk.pth", f"--dst={w}"],
+      (["cm_jax.convert", "inception", f"--src={root}/junk.pth", f"--out={w}"],
        "already holds other files"),
   ]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cm_jax.convert.torch_weights import LayoutError, load_torch_file
-from cm_jax.errors import MissingPath
+from cm_jax.errors import MissingDependency, MissingPath
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -81,7 +81,7 @@ def _read_weights(folder: str, what: str) -> dict[str, np.ndarray]:
     try:
       from safetensors.numpy import load_file
     except ImportError:
-      raise ImportError("Reading .safetensors needs the safetensors package: "
+      raise MissingDependency("Reading .safetensors needs the safetensors package: "
                         "pip install 'cm_jax[torch]'.") from None
     try:
       raw = load_file(st)

@@ -191,7 +191,7 @@ def import_state(raw: dict, *, weights: str = "ema", what: str) -> dict:
   weights: 'ema' takes params_ema as the evaluation weights (what the paper scored), 'online'
   the online params. Training from the workdir starts at the online params either way."""
   if weights not in ("ema", "online"):
-    raise LayoutError(f"--weights must be ema or online, got {weights!r}.")
+    raise LayoutError(f"--params must be ema or online, got {weights!r}.")
   has = [k for k in ("params", "params_ema", "target_params") if isinstance(raw.get(k), dict)]
   if "params" not in has and "params_ema" not in has:
     keys = ", ".join(sorted(map(str, raw))[:8]) or "nothing"
@@ -200,7 +200,7 @@ def import_state(raw: dict, *, weights: str = "ema", what: str) -> dict:
   eval_key = "params_ema" if weights == "ema" else "params"
   if eval_key not in has:
     other = "online" if weights == "ema" else "ema"
-    raise LayoutError(f"{what} has no {eval_key}; pass --weights={other}.")
+    raise LayoutError(f"{what} has no {eval_key}; pass --params={other}.")
   ema, report = ncsnpp_from_release(raw[eval_key], what)
   online = ncsnpp_from_release(raw["params"], what)[0] if "params" in has else ema
   target = (ncsnpp_from_release(raw["target_params"], what)[0]

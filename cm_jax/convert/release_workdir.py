@@ -165,19 +165,19 @@ def file_digest(path: str) -> str:
 def check_destination(dst: str) -> None:
   """A new or empty directory (or the config.json / release.json of an import that stopped
   before its checkpoint); never a workdir that holds checkpoints."""
-  files.check_output_dir(dst, "--dst")
+  files.check_output_dir(dst, "--out")
   if not os.path.isdir(dst):
     return
   if checkpoint.finished_steps(dst) or checkpoint.has_checkpoint(dst):
     raise checkpoint.CheckpointError(
-        f"--dst={dst} holds checkpoints; an import never overwrites a workdir: give a new "
-        "--dst (or delete that one yourself).")
+        f"--out={dst} holds checkpoints; an import never overwrites a workdir: give a new "
+        "--out (or delete that one yourself).")
   leftovers = set(os.listdir(dst)) - {checkpoint.CONFIG_FILE, RELEASE_FILE,
                                       checkpoint.CHECKPOINT_DIR}
   ckpt_dir = os.path.join(dst, checkpoint.CHECKPOINT_DIR)
   if leftovers or (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
     shown = ", ".join(sorted(leftovers)[:5]) or checkpoint.CHECKPOINT_DIR + "/..."
-    raise UserError(f"--dst={dst} already holds files ({shown}); an imported model gets a "
+    raise UserError(f"--out={dst} already holds files ({shown}); an imported model gets a "
                     "workdir of its own: give a new or empty directory.")
 
 

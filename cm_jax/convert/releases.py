@@ -65,7 +65,7 @@ def _finish(dst: str, config, weights: ImportedWeights, record: dict, report: di
 
 def _prepare(src: str, dst: str, family: Optional[str], kind: Optional[str],
              config_spec: Optional[str], dtype: str) -> tuple[Release, str, ml_collections.ConfigDict]:
-  """(release, config spec, config) of an import, after checking --dst; the family's dataset
+  """(release, config spec, config) of an import, after checking --out; the family's dataset
   file is the default config."""
   release_workdir.check_destination(dst)
   release = release_workdir.identify(src, family, kind, default_family=family)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from cm_jax.errors import MissingPath, UserError
+from cm_jax.errors import MissingDependency, MissingPath, UserError
 from cm_jax.evaluation import inception
 from cm_jax.models import lpips
 
@@ -29,7 +29,7 @@ def load_torch_file(path: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise ImportError("Reading .pth files needs torch: pip install 'cm_jax[torch]' "
+    raise MissingDependency("Reading .pth files needs torch: pip install 'cm_jax[torch]' "
                       "(the CPU build is enough).") from None
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -12,8 +12,11 @@ back the same way. Two things do not work for a builder defined outside the TFDS
 Splits (fixed, stratified, no randomness involved): `test` takes 30 images of each digit, evenly
 spaced through that digit's examples in scikit-learn's order (so spread across writers), 300 in
 all; `train` is the other 1497. Pixel values 0..16 are scaled to 0..255 with rounding.
+
+Training builds it on first use; the command builds it ahead (for a gs:// data_dir: locally, then
+upload the folder):  python -m cm_jax.data.digits --out=DATA_DIR
 """
-import sys
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -35,10 +38,18 @@ def test_indices(labels: np.ndarray) -> np.ndarray:
 
 if __name__ == "__main__":
   # `python -m` runs this file a second time, after the package import has defined and
-  # registered the builder below: defining it again would be refused, so the imported module
-  # does the work.
+  # registered the builder below: defining it again would be refused, so the command stops here
+  # and the imported module does the work. Its flag is defined here only: the library imports
+  # this module, and absl flags are process-global.
+  from absl import app, flags
+
+  from cm_jax import cli
   from cm_jax.data import digits as _imported
-  sys.exit(_imported.main(sys.argv))
+
+  flags.DEFINE_string("out", None, "The data_dir to build into, a local folder (the dataset "
+                      "lands in OUT/digits). For a gs:// data_dir, build locally and upload it.")
+  flags.mark_flag_as_required("out")
+  app.run(_imported.main, flags_parser=cli.parse_flags)
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
@@ -94,12 +105,22 @@ def prepare_digits(data_dir: str) -> None:
       raise
 
 
-def main(argv: list[str]) -> int:
-  """`python -m cm_jax.data.digits DATA_DIR`: build on a local disk, then upload the folder to
-  a gs:// data_dir (array_record cannot write to object storage)."""
-  if len(argv) != 2 or argv[1].startswith("-"):
-    print("usage: python -m cm_jax.data.digits DATA_DIR (a local folder)", file=sys.stderr)
-    return 2
-  prepare_digits(argv[1])
-  print(f"Built digits into {argv[1]}/digits.")
-  return 0
+def main(argv: list[str]) -> None:
+  """`python -m cm_jax.data.digits --out=DATA_DIR` (the flag is defined where the command starts,
+  at the top): build on a local disk, then upload the folder to a gs:// data_dir."""
+  # Imported here: cm_jax.cli defines the shared --debug flag, which a library import should not.
+  from absl import flags
+
+  from cm_jax import cli, storage
+  from cm_jax.errors import UserError
+  cli.setup_logging()
+  with cli.user_errors_exit():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments {argv[1:]}: give the folder as --out=DATA_DIR.")
+    out = flags.FLAGS.out
+    if storage.is_remote(out):
+      # array_record reads object storage but cannot write it.
+      raise UserError(f"--out={out}: the dataset cannot be built straight into object storage; "
+                      "build it into a local folder, then upload OUT/digits to the data_dir.")
+    prepare_digits(out)
+    print(f"Built digits into {os.path.join(out, 'digits')}.")

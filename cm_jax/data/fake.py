@@ -7,17 +7,17 @@ encoded and decoded through `tfds.features.Image`). For smoke runs and tests on 
 the data; no TensorFlow and no network needed. (`tfds.testing.mock_data` does not serve here: in
 tfds 4.9 its mocked data source breaks the batched `__getitems__` read the pipeline uses.)
 
-Usage: python -m cm_jax.data.fake cifar10 /tmp/fake_tfds [--num_examples=64]
+Usage: python -m cm_jax.data.fake --dataset=cifar10 --out=/tmp/fake_tfds [--num_examples=64]
        then train with --config.data.data_dir=/tmp/fake_tfds
 """
-import argparse
 import io
 
+from absl import flags
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from cm_jax.errors import UserError
+from cm_jax.errors import PathExists, UserError
 
 # The splits each catalogue dataset has; the fake writes the same ones.
 SPLITS = {
@@ -60,7 +60,7 @@ def prepare_fake(name: str, data_dir: str, num_examples: int = 64, seed: int = 0
     raise UserError(f"No fake for {name!r}; choose one of {', '.join(SPLITS)}.")
   real = tfds.builder(name, data_dir=data_dir)
   if real.data_path.exists():
-    raise FileExistsError(f"{real.data_path} already exists: not writing fake data over it.")
+    raise PathExists(f"{real.data_path} already exists: not writing fake data over it.")
   features = real.info.features
   base_cls = type(real)
   splits = SPLITS[name]
@@ -86,16 +86,27 @@ def prepare_fake(name: str, data_dir: str, num_examples: int = 64, seed: int = 0
   builder.download_and_prepare(file_format="array_record")
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("name", choices=sorted(SPLITS))
-  parser.add_argument("data_dir")
-  parser.add_argument("--num_examples", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
-  prepare_fake(args.name, args.data_dir, args.num_examples, args.seed)
-  print(f"Wrote fake {args.name} ({args.num_examples} examples per split) to {args.data_dir}.")
+def main(argv: list[str]) -> None:
+  from cm_jax import cli  # here: it defines the shared --debug flag, not for a library import
+  cli.setup_logging()
+  with cli.user_errors_exit():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments {argv[1:]}: give --dataset=NAME --out=DATA_DIR.")
+    f = flags.FLAGS
+    prepare_fake(f.dataset, f.out, f.num_examples, f.seed)
+    print(f"Wrote fake {f.dataset} ({f.num_examples} examples per split) to {f.out}.")
 
 
 if __name__ == "__main__":
-  main()
+  # The flags exist only when this module is the command: tests and tools import it, and absl
+  # flags are process-global (--out would clash with cm_jax.sample's).
+  from absl import app
+
+  from cm_jax import cli
+  flags.DEFINE_enum("dataset", None, sorted(SPLITS), "The catalogue dataset to stand in for.")
+  flags.DEFINE_string("out", None, "The data_dir to write it into (DATA_DIR/NAME/VERSION); "
+                      "train with --config.data.data_dir=DATA_DIR.")
+  flags.DEFINE_integer("num_examples", 64, "Random examples per split.", lower_bound=1)
+  flags.DEFINE_integer("seed", 0, "Seed of the random examples.")
+  flags.mark_flags_as_required(["dataset", "out"])
+  app.run(main, flags_parser=cli.parse_flags)

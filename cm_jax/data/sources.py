@@ -131,7 +131,7 @@ class TfdsDataset:
         raise MissingPath(
             f"Dataset {self.tfds_name!r} is not in {data_dir}, and it cannot be built straight "
             f"into object storage. Build it on a local disk and upload the folder:\n"
-            f"  python -m {self.prepare.__module__} /tmp/tfds\n"
+            f"  python -m {self.prepare.__module__} --out=/tmp/tfds\n"
             f"  gcloud storage cp -r /tmp/tfds/{self.tfds_name} {data_dir}/")
       self.prepare(data_dir)
       builder = tfds.builder(self.tfds_name, data_dir=data_dir)

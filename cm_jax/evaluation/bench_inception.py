@@ -1,22 +1,23 @@
 """Inception feature throughput (images/s) of the Flax network beside pytorch-fid's, same images.
 
-  python -m cm_jax.evaluation.bench_inception [--weights=DIR] [--batch_size=16] [--batches=4]
-      [--resolution=32] [--no_torch]
+  python -m cm_jax.evaluation.bench_inception [--inception_weights=DIR] [--batch_size=16]
+      [--batches=4] [--resolution=32] [--notorch]
 
---weights: a converted Inception directory; without it, random weights (the throughput does not
-depend on the values). pytorch-fid's model (needs torch, torchvision, pytorch-fid: the [test]
-extra) runs with the same weights, on CPU, in the same process, after the Flax one. Both see
-uint8 images of --resolution px resized to 299 inside the timed call; compile / first-call time
-is reported apart from the steady-state rate.
+--inception_weights: a converted Inception directory; without it, random weights (the throughput
+does not depend on the values). pytorch-fid's model (needs torch, torchvision, pytorch-fid: the
+[test] extra) runs with the same weights, on CPU, in the same process, after the Flax one. Both
+see uint8 images of --resolution px resized to 299 inside the timed call; compile / first-call
+time is reported apart from the steady-state rate.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import numpy as np
+from absl import flags
 
+from cm_jax.errors import MissingDependency, UserError
 from cm_jax.evaluation import fid, inception
 
 
@@ -55,8 +56,12 @@ def _torch_state(params) -> dict:
 
 
 def _torch_model(params):
-  import torch
-  from pytorch_fid import inception as pf
+  try:
+    import torch
+    from pytorch_fid import inception as pf
+  except ImportError as e:
+    raise MissingDependency(f"Timing pytorch-fid needs torch, torchvision and pytorch-fid (pip "
+                            f"install 'cm_jax[test]'; {e}); --notorch times cm_jax alone.") from e
   state = _torch_state(params)
   original = pf.load_state_dict_from_url
   pf.load_state_dict_from_url = lambda *a, **k: state  # pytorch-fid would download its weights
@@ -77,16 +82,18 @@ def _rate(fn, batches) -> tuple[float, float]:
   return first, (len(batches) - 1) * len(batches[0]) / (time.perf_counter() - t)
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--weights", default=None)
-  p.add_argument("--batch_size", type=int, default=16)
-  p.add_argument("--batches", type=int, default=4, help="timed batches (+1 warm-up)")
-  p.add_argument("--resolution", type=int, default=32)
-  p.add_argument("--no_torch", action="store_true")
-  args = p.parse_args(argv)
-  params = inception.load(args.weights) if args.weights else _random_params()
+def main(argv: list[str]) -> None:
+  from cm_jax import cli  # here: it defines the shared --debug flag, not for a library import
+  cli.setup_logging()
+  with cli.user_errors_exit():
+    if len(argv) > 1:
+      raise UserError(f"Unexpected arguments: {argv[1:]}.")
+    _bench(flags.FLAGS)
+
+
+def _bench(args) -> None:
+  params = (inception.load(args.inception_weights) if args.inception_weights
+            else _random_params())
   rng = np.random.default_rng(0)
   r = args.resolution
   batches = [rng.integers(0, 256, (args.batch_size, r, r, 3), dtype=np.uint8)
@@ -96,7 +103,7 @@ def main(argv=None) -> None:
   net = fid.InceptionNet(params, batch_size=args.batch_size)
   first, rate = _rate(net, batches)
   print(f"cm_jax (Flax/XLA):      {rate:7.2f} img/s   (first call incl. compile {first:.1f} s)")
-  if args.no_torch:
+  if not args.torch:
     return
   model, torch = _torch_model(params)
 
@@ -112,4 +119,18 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  # The flags exist only when this module is the command: launch/bench_gpu.sh imports it beside
+  # cm_jax.bench, whose --batch_size would clash (absl flags are process-global).
+  from absl import app
+
+  from cm_jax import cli
+  flags.DEFINE_string("inception_weights", None, "A converted FID Inception directory (python -m "
+                      "cm_jax.convert inception). Default: random weights; the rate does not "
+                      "depend on the values.")
+  flags.DEFINE_integer("batch_size", 16, "Images per feature batch.", lower_bound=1)
+  flags.DEFINE_integer("batches", 4, "Timed batches, after one warm-up batch.", lower_bound=1)
+  flags.DEFINE_integer("resolution", 32, "Side of the random uint8 images, resized to 299 inside "
+                       "the timed call.", lower_bound=1)
+  flags.DEFINE_bool("torch", True, "Also time pytorch-fid's model on the CPU (needs the [test] "
+                    "extra); --notorch times the Flax network only.")
+  app.run(main, flags_parser=cli.parse_flags)

@@ -29,7 +29,7 @@ NUM_LOGITS = 1008
 BN_EPS = 1e-3  # torchvision's BasicConv2d
 KIND = "fid_inception_v3_2015"
 CONVERT_COMMAND = ("python -m cm_jax.convert inception "
-                   "--src=pt_inception-2015-12-05-6726825d.pth --dst=DIR")
+                   "--src=pt_inception-2015-12-05-6726825d.pth --out=DIR")
 
 
 def preprocess(images: jax.Array) -> jax.Array:

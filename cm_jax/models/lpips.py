@@ -22,7 +22,7 @@ from cm_jax.models.resize import resize_bilinear
 
 KIND = "lpips_vgg16_v0.1"
 CONVERT_COMMAND = ("python -m cm_jax.convert lpips --vgg=vgg16-397923af.pth "
-                   "--heads=LPIPS_v0.1_vgg.pth --dst=DIR")
+                   "--heads=LPIPS_v0.1_vgg.pth --out=DIR")
 # VGG16 `features` stages: conv widths, each stage ending at the relu LPIPS taps; a 2x2 max pool
 # precedes every stage but the first. Torchvision indices of the convs: 0 2 | 5 7 | 10 12 14 |
 # 17 19 21 | 24 26 28.

@@ -1,5 +1,11 @@
-"""The end-of-run report: 1- and 2-step samples (EDM: the ODE solver's), a grid, and the digits
-quality figure.
+"""python -m cm_jax.train.report WORKDIR[@STEP] ...
+
+Prints the digits quality table (markdown), one row per run: a workdir's newest scores, or those
+of checkpoint STEP (scored on demand, read-only). The runs are positional; the only flags are
+the shared ones.
+
+The module is also the end-of-run report: 1- and 2-step samples (EDM: the ODE solver's), a grid,
+and the digits quality figure.
 
 Inception FID means nothing for 16x16 digits, so the default run scores samples by a Frechet
 distance in the feature space of a small digit classifier the project trains (cached), beside the
@@ -144,23 +150,17 @@ def markdown_table(workdirs: list[str]) -> str:
   return "\n".join(rows)
 
 
-USAGE = """python -m cm_jax.train.report WORKDIR[@STEP] ...
-
-Prints the digits quality table (markdown), one row per run: a workdir's newest scores, or those
-of checkpoint STEP (scored on demand, read-only)."""
-
-
-def main(argv: list[str]) -> int:
-  if not argv or argv[0] in ("-h", "--help"):
-    print(USAGE)
-    return 0 if argv else cli.EXIT_USER_ERROR
-  try:
-    print(markdown_table(argv))
-  except UserError as e:
-    return cli.report_user_error(e)
-  return 0
+def main(argv: list[str]) -> None:
+  """The command (`app.run` passes the program name first). It defines no flags: the library
+  imports this module, and absl flags are process-global."""
+  cli.setup_logging()
+  with cli.user_errors_exit():
+    runs = argv[1:]
+    if not runs:
+      raise UserError("Give one or more runs: WORKDIR or WORKDIR@STEP (see --help).")
+    print(markdown_table(runs))
 
 
 if __name__ == "__main__":
-  import sys
-  sys.exit(main(sys.argv[1:]))
+  from absl import app
+  app.run(main, flags_parser=cli.parse_flags)
