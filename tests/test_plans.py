@@ -44,7 +44,6 @@ def test_sigma_workdirs_take_the_configured_level_and_karras_grids(tmp_path):
 
 def test_the_searched_two_step_level_wins_over_the_config(tmp_path):
   config = digits.get_config("method=ict,runlocal")
-  exp = Experiment.from_config(config)
   os.makedirs(tmp_path / "eval")
   (tmp_path / "eval" / "two_step_sigma.json").write_text(json.dumps({"sigma": 0.7}))
   assert plans.step_plans(config, [2], str(tmp_path))["2-step"] == [80.0, 0.7]
@@ -53,7 +52,6 @@ def test_the_searched_two_step_level_wins_over_the_config(tmp_path):
 
 def test_a_denoiser_is_scored_by_its_ode_solver(tmp_path):
   config = digits.get_config("method=edm,runlocal")
-  exp = Experiment.from_config(config)
   (name, plan), = plans.step_plans(config, [1, 2]).items()
   assert name == "heun-18" and plans.describe_plan(plan) == {"solver": "heun", "levels": 18,
                                                              "nfe": 35}
