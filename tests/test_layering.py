@@ -27,8 +27,9 @@ LAYERS = [
     ("train", ["cm_jax.train", "cm_jax.checkpoint"]),
     ("evaluation", ["cm_jax.evaluation"]),
     # command lines and tools
-    ("tools", ["cm_jax.sample", "cm_jax.sampling_flags", "cm_jax.edit", "cm_jax.evaluate", "cm_jax.bench",
-               "cm_jax.convert", "cm_jax.train.report", "cm_jax.train.__main__", "cm_jax.api"]),
+    ("tools", ["cm_jax.sample", "cm_jax.sampling_flags", "cm_jax.edit", "cm_jax.edits",
+               "cm_jax.evaluate", "cm_jax.bench", "cm_jax.convert", "cm_jax.train.report",
+               "cm_jax.train.__main__", "cm_jax.api"]),
 ]
 
 
