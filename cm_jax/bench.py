@@ -13,7 +13,7 @@ import resource
 import time
 from typing import Optional
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cm_jax import cli, files
@@ -311,24 +311,20 @@ def format_table(r: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    if _TRAIN_STEPS.value < 0 or _SAMPLE_REPEATS.value < 0:
-      raise UserError("--train_steps and --sample_repeats must be >= 0.")
-    if _BATCH.value is not None and _BATCH.value < 1:
-      raise UserError("--batch_size must be >= 1.")
-    if _JSON.value:
-      files.check_output_file(_JSON.value, "--json", ".json")
-    result = run_benchmark(_CONFIG.value, _BATCH.value, _TRAIN_STEPS.value, _SAMPLE_REPEATS.value,
-                           _MATMUL.value)
-    print(format_table(result))
-    if _JSON.value:
-      files.write_json_atomically(_JSON.value, result, indent=1)
-      print(f"wrote {_JSON.value}")
+def main() -> None:
+  if _TRAIN_STEPS.value < 0 or _SAMPLE_REPEATS.value < 0:
+    raise UserError("--train_steps and --sample_repeats must be >= 0.")
+  if _BATCH.value is not None and _BATCH.value < 1:
+    raise UserError("--batch_size must be >= 1.")
+  if _JSON.value:
+    files.check_output_file(_JSON.value, "--json", ".json")
+  result = run_benchmark(_CONFIG.value, _BATCH.value, _TRAIN_STEPS.value, _SAMPLE_REPEATS.value,
+                         _MATMUL.value)
+  print(format_table(result))
+  if _JSON.value:
+    files.write_json_atomically(_JSON.value, result, indent=1)
+    print(f"wrote {_JSON.value}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Callable
 
 from absl import flags
 from absl import logging as absl_logging
@@ -116,3 +117,29 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (ValueError, TypeError) as e:
     print(f"error: bad config or flag value: {e}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
+
+
+def run(body: Callable, *, takes_args: bool = False, distributed: bool = False) -> None:
+  """Runs an entry point: absl parses the flags (a bad one is one `error:` line), logging is set
+  up, a UserError ends as one `error:` line with exit status 2 and anything else keeps its
+  traceback. `distributed`: join the launcher's other processes first, before anything touches a
+  JAX backend. body(args) gets the positional arguments when `takes_args`; otherwise every input
+  is a flag, and a stray argument is a mistake."""
+  from absl import app
+
+  def main(argv: list[str]) -> None:
+    setup_logging()
+    with user_errors_exit():
+      args = argv[1:]
+      if takes_args:
+        body(args)
+        return
+      if args:
+        raise UserError(f"Unexpected arguments: {' '.join(args)}; every input is a --flag "
+                        "(see --help).")
+      if distributed:
+        from cm_jax import parallel  # jax: only for the commands that run on several processes
+        parallel.maybe_initialize_distributed()
+      body()
+
+  app.run(main, flags_parser=parse_flags)

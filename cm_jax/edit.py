@@ -24,9 +24,9 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from cm_jax import cli, edits, files, images, parallel, sampling, sampling_flags
+from cm_jax import cli, edits, files, images, sampling, sampling_flags
 from cm_jax.errors import UserError
 
 log = logging.getLogger("cm_jax")
@@ -84,64 +84,59 @@ def save_npz(path: str, **arrays) -> None:
   files.write_npz_atomically(path, **arrays)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
-    task = _TASK.value
-    DRAW.check()
-    OUTPUT.check()
-    if _IMAGES.value is None and task != "interpolate":
-      raise UserError(f"--task={task} needs --images.")
-    if task == "denoise" and PLAN.given():
-      raise UserError("--task=denoise evaluates f once at --noise_sigma; it takes no "
-                      "--sigmas, --ts or --steps.")
-    if task != "inpaint" and _MASK.present:
-      raise UserError("--mask is for --task=inpaint only.")
-    opts = edits.Options(mask=_MASK.value, factor=_FACTOR.value, noise_sigma=_NOISE_SIGMA.value,
-                         add_noise=_ADD_NOISE.value, num_alphas=_NUM_ALPHAS.value)
-    opts.check(task)
-    model = CHECKPOINT.load()
-    exp, workdir = model.experiment, model.workdir
-    edits.check_model(exp, workdir)
-    h, w, c = exp.sample_shape
-    # The plan every sampling command resolves (a MeanFlow model edits in sigma, through its
-    # sigma-time consistency function); 2 steps take the searched level as `sample` does.
-    sigmas = PLAN.resolve(exp.config, workdir, in_sigma=True)
-    if _IMAGES.value is not None:
-      y = edits.to_float(edits.check_size(images.load_images(_IMAGES.value, c, "--images"), h, w,
-                                          _FACTOR.value if task == "superres" else None))
-    else:
-      y = np.zeros((2 * _NUM_PAIRS.value, h, w, c), np.float32)
-    count = len(y) // 2 if task == "interpolate" else len(y)
-    wanted = DRAW.parsed_labels()
-    if wanted is None and exp.num_classes and task != "interpolate":
-      # A class-conditional model edits real images under their own labels when the archive
-      # carries them (arr_1, as the sample CLI and ADM write it); else they are drawn at random.
-      wanted = stored_labels(_IMAGES.value, count)
-      if wanted is None:
-        log.warning("%s is class-conditional and %s holds no labels (arr_1): labels are drawn "
-                    "at random; pass --labels to condition the edit on the images' classes.",
-                    workdir, _IMAGES.value)
-    labels = exp.resolve_labels(wanted, count, seed=DRAW.seed.value)
-    result = edits.run(exp, model.params, task, y, sigmas, labels, seed=DRAW.seed.value,
-                       opts=opts, batch_size=DRAW.batch_size.value)
-    columns, ncols = result.columns, result.num_columns
-    if task == "interpolate" and _IMAGES.value is None:
-      columns, ncols = columns[1:2], ncols - 2  # pairs of noises: only the paths
-    if jax.process_index() == 0:
-      out = sampling.to_uint8(result.edited)
-      save_npz(OUTPUT.out.value, arr_0=out,
-               **({} if result.labels is None else {"arr_1": result.labels}))
-      what = f"at sigmas {sigmas}" if task != "denoise" else f"from sigma {_NOISE_SIGMA.value}"
-      print(f"Wrote {len(out)} {task} results of checkpoint step {model.step} {what} to "
-            f"{OUTPUT.out.value}")
-      if OUTPUT.grid.value:
-        images.save_png(OUTPUT.grid.value, grid_of(columns, ncols), scale=4)
-        print(f"Grid: {OUTPUT.grid.value}")
+def main() -> None:
+  task = _TASK.value
+  DRAW.check()
+  OUTPUT.check()
+  if _IMAGES.value is None and task != "interpolate":
+    raise UserError(f"--task={task} needs --images.")
+  if task == "denoise" and PLAN.given():
+    raise UserError("--task=denoise evaluates f once at --noise_sigma; it takes no "
+                    "--sigmas, --ts or --steps.")
+  if task != "inpaint" and _MASK.present:
+    raise UserError("--mask is for --task=inpaint only.")
+  opts = edits.Options(mask=_MASK.value, factor=_FACTOR.value, noise_sigma=_NOISE_SIGMA.value,
+                       add_noise=_ADD_NOISE.value, num_alphas=_NUM_ALPHAS.value)
+  opts.check(task)
+  model = CHECKPOINT.load()
+  exp, workdir = model.experiment, model.workdir
+  edits.check_model(exp, workdir)
+  h, w, c = exp.sample_shape
+  # The plan every sampling command resolves (a MeanFlow model edits in sigma, through its
+  # sigma-time consistency function); 2 steps take the searched level as `sample` does.
+  sigmas = PLAN.resolve(exp.config, workdir, in_sigma=True)
+  if _IMAGES.value is not None:
+    y = edits.to_float(edits.check_size(images.load_images(_IMAGES.value, c, "--images"), h, w,
+                                        _FACTOR.value if task == "superres" else None))
+  else:
+    y = np.zeros((2 * _NUM_PAIRS.value, h, w, c), np.float32)
+  count = len(y) // 2 if task == "interpolate" else len(y)
+  wanted = DRAW.parsed_labels()
+  if wanted is None and exp.num_classes and task != "interpolate":
+    # A class-conditional model edits real images under their own labels when the archive
+    # carries them (arr_1, as the sample CLI and ADM write it); else they are drawn at random.
+    wanted = stored_labels(_IMAGES.value, count)
+    if wanted is None:
+      log.warning("%s is class-conditional and %s holds no labels (arr_1): labels are drawn "
+                  "at random; pass --labels to condition the edit on the images' classes.",
+                  workdir, _IMAGES.value)
+  labels = exp.resolve_labels(wanted, count, seed=DRAW.seed.value)
+  result = edits.run(exp, model.params, task, y, sigmas, labels, seed=DRAW.seed.value,
+                     opts=opts, batch_size=DRAW.batch_size.value)
+  columns, ncols = result.columns, result.num_columns
+  if task == "interpolate" and _IMAGES.value is None:
+    columns, ncols = columns[1:2], ncols - 2  # pairs of noises: only the paths
+  if jax.process_index() == 0:
+    out = sampling.to_uint8(result.edited)
+    save_npz(OUTPUT.out.value, arr_0=out,
+             **({} if result.labels is None else {"arr_1": result.labels}))
+    what = f"at sigmas {sigmas}" if task != "denoise" else f"from sigma {_NOISE_SIGMA.value}"
+    print(f"Wrote {len(out)} {task} results of checkpoint step {model.step} {what} to "
+          f"{OUTPUT.out.value}")
+    if OUTPUT.grid.value:
+      images.save_png(OUTPUT.grid.value, grid_of(columns, ncols), scale=4)
+      print(f"Grid: {OUTPUT.grid.value}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, distributed=True)  # several processes: launch/train.sh --cli

@@ -19,9 +19,9 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from cm_jax import cli, files, parallel
+from cm_jax import cli, files
 from cm_jax.errors import UserError
 from cm_jax.evaluation import evaluator, inception
 
@@ -59,36 +59,31 @@ _STOP_AFTER = flags.DEFINE_integer("stop_after_batches", 0, "Stop (as if interru
 flags.adopt_module_key_flags(cli)  # --help lists --debug
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
-    if bool(_WORKDIR.value) == bool(_SAMPLES.value):
-      raise UserError("Give --workdir=W (sample and evaluate its checkpoints) or --samples=S.npz "
-                      "(evaluate a sample file), not both or neither.")
-    if _JSON.value:
-      files.check_output_file(_JSON.value, "--json", ".json")
-    opts = evaluator.Options(num_samples=_NUM.value, seed=_SEED.value, batch_size=_BATCH.value,
-                             params=_PARAMS.value, precision_recall=_PR.value,
-                             save_every_s=_SAVE_EVERY.value,
-                             stop_after_batches=_STOP_AFTER.value)
-    scoring = dict(ref=_REF.value, ref_samples=_REF_SAMPLES.value, features=_FEATURES.value,
-                   inception_weights=_WEIGHTS.value, opts=opts)
-    try:
-      if _SAMPLES.value:
-        result = evaluator.evaluate_file(_SAMPLES.value, **scoring)
-      else:
-        result = evaluator.evaluate_workdir(
-            _WORKDIR.value, steps=_STEPS.value, checkpoints=_CHECKPOINTS.value,
-            search_grid=_SEARCH_GRID.value if _SEARCH.value else None, **scoring)
-    except evaluator.Interrupted as e:
-      print(f"interrupted: {e}", file=sys.stderr)
-      sys.exit(3)
-    if _JSON.value and jax.process_index() == 0:
-      files.write_json_atomically(_JSON.value, result)
+def main() -> None:
+  if bool(_WORKDIR.value) == bool(_SAMPLES.value):
+    raise UserError("Give --workdir=W (sample and evaluate its checkpoints) or --samples=S.npz "
+                    "(evaluate a sample file), not both or neither.")
+  if _JSON.value:
+    files.check_output_file(_JSON.value, "--json", ".json")
+  opts = evaluator.Options(num_samples=_NUM.value, seed=_SEED.value, batch_size=_BATCH.value,
+                           params=_PARAMS.value, precision_recall=_PR.value,
+                           save_every_s=_SAVE_EVERY.value,
+                           stop_after_batches=_STOP_AFTER.value)
+  scoring = dict(ref=_REF.value, ref_samples=_REF_SAMPLES.value, features=_FEATURES.value,
+                 inception_weights=_WEIGHTS.value, opts=opts)
+  try:
+    if _SAMPLES.value:
+      result = evaluator.evaluate_file(_SAMPLES.value, **scoring)
+    else:
+      result = evaluator.evaluate_workdir(
+          _WORKDIR.value, steps=_STEPS.value, checkpoints=_CHECKPOINTS.value,
+          search_grid=_SEARCH_GRID.value if _SEARCH.value else None, **scoring)
+  except evaluator.Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    sys.exit(3)
+  if _JSON.value and jax.process_index() == 0:
+    files.write_json_atomically(_JSON.value, result)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, distributed=True)  # several processes: launch/train.sh --cli

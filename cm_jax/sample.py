@@ -10,9 +10,9 @@ the levels, label i), not on the batch size or the device count.
 from __future__ import annotations
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from cm_jax import cli, files, images, parallel, sampling, sampling_flags
+from cm_jax import cli, files, images, sampling, sampling_flags
 from cm_jax.errors import UserError
 
 CHECKPOINT = sampling_flags.define_checkpoint_flags()
@@ -24,34 +24,29 @@ flags.adopt_module_key_flags(sampling_flags)  # --help lists the shared groups a
 flags.adopt_module_key_flags(cli)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    parallel.maybe_initialize_distributed()  # several processes: launch/train.sh --cli
-    if _NUM.value < 1:
-      raise UserError("--num_samples must be at least 1.")
-    DRAW.check()
-    OUTPUT.check()
-    model = CHECKPOINT.load()
-    exp = model.experiment
-    plan = PLAN.resolve(exp.config, CHECKPOINT.workdir.value)
-    labels = exp.resolve_labels(DRAW.parsed_labels(), _NUM.value, seed=DRAW.seed.value)
-    samples = exp.generate(model.params, plan, _NUM.value, seed=DRAW.seed.value,
-                           batch_size=DRAW.batch_size.value, labels=labels)
-    if jax.process_index() == 0:
-      out = OUTPUT.out.value
-      files.write_npz_atomically(out, arr_0=samples,
-                                 **({} if labels is None else {"arr_1": labels}))
-      how = (f"with {plan.solver} over {plan.num_levels} levels ({plan.nfe} evaluations)"
-             if isinstance(plan, sampling.EDMPlan)
-             else f"at {'times' if exp.plans_in_time else 'sigmas'} {plan}")
-      print(f"Wrote {len(samples)} samples of checkpoint step {model.step} {how} to {out}")
-      if OUTPUT.grid.value:
-        images.save_png(OUTPUT.grid.value, images.make_grid(samples[:256]), scale=4)
-        print(f"Grid: {OUTPUT.grid.value}")
+def main() -> None:
+  if _NUM.value < 1:
+    raise UserError("--num_samples must be at least 1.")
+  DRAW.check()
+  OUTPUT.check()
+  model = CHECKPOINT.load()
+  exp = model.experiment
+  plan = PLAN.resolve(exp.config, CHECKPOINT.workdir.value)
+  labels = exp.resolve_labels(DRAW.parsed_labels(), _NUM.value, seed=DRAW.seed.value)
+  samples = exp.generate(model.params, plan, _NUM.value, seed=DRAW.seed.value,
+                         batch_size=DRAW.batch_size.value, labels=labels)
+  if jax.process_index() == 0:
+    out = OUTPUT.out.value
+    files.write_npz_atomically(out, arr_0=samples,
+                               **({} if labels is None else {"arr_1": labels}))
+    how = (f"with {plan.solver} over {plan.num_levels} levels ({plan.nfe} evaluations)"
+           if isinstance(plan, sampling.EDMPlan)
+           else f"at {'times' if exp.plans_in_time else 'sigmas'} {plan}")
+    print(f"Wrote {len(samples)} samples of checkpoint step {model.step} {how} to {out}")
+    if OUTPUT.grid.value:
+      images.save_png(OUTPUT.grid.value, images.make_grid(samples[:256]), scale=4)
+      print(f"Grid: {OUTPUT.grid.value}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, distributed=True)  # several processes: launch/train.sh --cli

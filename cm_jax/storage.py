@@ -260,21 +260,16 @@ def put(local: str, dest: str) -> None:
     shutil.copyfile(local, dest)
 
 
-def _main(argv: list[str]) -> None:
+def _main(args: list[str]) -> None:
   """`python -m cm_jax.storage put LOCAL_FILE DEST`: the TPU launcher copies worker logs with it
   (launch/train.sh writes this positional form). No flags of its own: the library imports this
   module, and absl flags are process-global."""
-  from cm_jax import cli
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    args = argv[1:]
-    if len(args) != 3 or args[0] != "put":
-      raise UserError(f"Give: put LOCAL_FILE DEST (a gs:// or local path); got: "
-                      f"{' '.join(args) or 'nothing'}.")
-    put(args[1], args[2])
+  if len(args) != 3 or args[0] != "put":
+    raise UserError(f"Give: put LOCAL_FILE DEST (a gs:// or local path); got: "
+                    f"{' '.join(args) or 'nothing'}.")
+  put(args[1], args[2])
 
 
 if __name__ == "__main__":
-  from absl import app
   from cm_jax import cli
-  app.run(_main, flags_parser=cli.parse_flags)
+  cli.run(_main, takes_args=True)

@@ -21,7 +21,7 @@ Each flag's help names the commands that read it; another command refuses it.
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from cm_jax import cli
 from cm_jax.convert import feature_nets, release_workdir, releases
@@ -62,13 +62,13 @@ COMMANDS = {
 _ALL_FLAGS = sorted({name for needed, optional in COMMANDS.values() for name in needed + optional})
 
 
-def command_of(argv: list[str]) -> str:
+def command_of(args: list[str]) -> str:
   """The one command word; its missing flags and the flags it does not read are errors."""
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    given = " ".join(argv[1:]) or "none"
+  if len(args) != 1 or args[0] not in COMMANDS:
+    given = " ".join(args) or "none"
     raise UserError(f"Give one command, {' | '.join(COMMANDS)} (got: {given}); run with --help "
                     "for the flags of each.")
-  command = argv[1]
+  command = args[0]
   needed, optional = COMMANDS[command]
   missing = [f"--{name}" for name in needed if not flags.FLAGS[name].value]
   if missing:
@@ -109,15 +109,13 @@ def _run_feature_net(command: str) -> None:
         f"Use it with {use}")
 
 
-def main(argv: list[str]) -> None:
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    command = command_of(argv)
-    if command in releases.FORMATS:
-      _run_release(command)
-    else:
-      _run_feature_net(command)
+def main(args: list[str]) -> None:
+  command = command_of(args)
+  if command in releases.FORMATS:
+    _run_release(command)
+  else:
+    _run_feature_net(command)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, takes_args=True)

@@ -41,7 +41,7 @@ if __name__ == "__main__":
   # registered the builder below: defining it again would be refused, so the command stops here
   # and the imported module does the work. Its flag is defined here only: the library imports
   # this module, and absl flags are process-global.
-  from absl import app, flags
+  from absl import flags
 
   from cm_jax import cli
   from cm_jax.data import digits as _imported
@@ -49,7 +49,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "The data_dir to build into, a local folder (the dataset "
                       "lands in OUT/digits). For a gs:// data_dir, build locally and upload it.")
   flags.mark_flag_as_required("out")
-  app.run(_imported.main, flags_parser=cli.parse_flags)
+  cli.run(_imported.main)
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
@@ -105,22 +105,17 @@ def prepare_digits(data_dir: str) -> None:
       raise
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
   """`python -m cm_jax.data.digits --out=DATA_DIR` (the flag is defined where the command starts,
   at the top): build on a local disk, then upload the folder to a gs:// data_dir."""
-  # Imported here: cm_jax.cli defines the shared --debug flag, which a library import should not.
   from absl import flags
 
-  from cm_jax import cli, storage
+  from cm_jax import storage
   from cm_jax.errors import UserError
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments {argv[1:]}: give the folder as --out=DATA_DIR.")
-    out = flags.FLAGS.out
-    if storage.is_remote(out):
-      # array_record reads object storage but cannot write it.
-      raise UserError(f"--out={out}: the dataset cannot be built straight into object storage; "
-                      "build it into a local folder, then upload OUT/digits to the data_dir.")
-    prepare_digits(out)
-    print(f"Built digits into {os.path.join(out, 'digits')}.")
+  out = flags.FLAGS.out
+  if storage.is_remote(out):
+    # array_record reads object storage but cannot write it.
+    raise UserError(f"--out={out}: the dataset cannot be built straight into object storage; "
+                    "build it into a local folder, then upload OUT/digits to the data_dir.")
+  prepare_digits(out)
+  print(f"Built digits into {os.path.join(out, 'digits')}.")

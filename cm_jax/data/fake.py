@@ -86,22 +86,15 @@ def prepare_fake(name: str, data_dir: str, num_examples: int = 64, seed: int = 0
   builder.download_and_prepare(file_format="array_record")
 
 
-def main(argv: list[str]) -> None:
-  from cm_jax import cli  # here: it defines the shared --debug flag, not for a library import
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments {argv[1:]}: give --dataset=NAME --out=DATA_DIR.")
-    f = flags.FLAGS
-    prepare_fake(f.dataset, f.out, f.num_examples, f.seed)
-    print(f"Wrote fake {f.dataset} ({f.num_examples} examples per split) to {f.out}.")
+def main() -> None:
+  f = flags.FLAGS
+  prepare_fake(f.dataset, f.out, f.num_examples, f.seed)
+  print(f"Wrote fake {f.dataset} ({f.num_examples} examples per split) to {f.out}.")
 
 
 if __name__ == "__main__":
   # The flags exist only when this module is the command: tests and tools import it, and absl
   # flags are process-global (--out would clash with cm_jax.sample's).
-  from absl import app
-
   from cm_jax import cli
   flags.DEFINE_enum("dataset", None, sorted(SPLITS), "The catalogue dataset to stand in for.")
   flags.DEFINE_string("out", None, "The data_dir to write it into (DATA_DIR/NAME/VERSION); "
@@ -109,4 +102,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_examples", 64, "Random examples per split.", lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Seed of the random examples.")
   flags.mark_flags_as_required(["dataset", "out"])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

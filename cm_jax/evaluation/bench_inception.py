@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cm_jax.errors import MissingDependency, UserError
+from cm_jax.errors import MissingDependency
 from cm_jax.evaluation import fid, inception
 
 
@@ -82,13 +82,8 @@ def _rate(fn, batches) -> tuple[float, float]:
   return first, (len(batches) - 1) * len(batches[0]) / (time.perf_counter() - t)
 
 
-def main(argv: list[str]) -> None:
-  from cm_jax import cli  # here: it defines the shared --debug flag, not for a library import
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    if len(argv) > 1:
-      raise UserError(f"Unexpected arguments: {argv[1:]}.")
-    _bench(flags.FLAGS)
+def main() -> None:
+  _bench(flags.FLAGS)
 
 
 def _bench(args) -> None:
@@ -121,8 +116,6 @@ def _bench(args) -> None:
 if __name__ == "__main__":
   # The flags exist only when this module is the command: launch/bench_gpu.sh imports it beside
   # cm_jax.bench, whose --batch_size would clash (absl flags are process-global).
-  from absl import app
-
   from cm_jax import cli
   flags.DEFINE_string("inception_weights", None, "A converted FID Inception directory (python -m "
                       "cm_jax.convert inception). Default: random weights; the rate does not "
@@ -133,4 +126,4 @@ if __name__ == "__main__":
                        "the timed call.", lower_bound=1)
   flags.DEFINE_bool("torch", True, "Also time pytorch-fid's model on the CPU (needs the [test] "
                     "extra); --notorch times the Flax network only.")
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

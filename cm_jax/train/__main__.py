@@ -7,7 +7,7 @@ command to resume), 1 anything else (a bug: the traceback is printed).
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cm_jax import cli, parallel
@@ -37,25 +37,20 @@ def describe(config) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main() -> None:
   if _PRINT_CONFIG.value:
     print(describe(_CONFIG.value))
     return
-  cli.setup_logging()
   if not _WORKDIR.value:
-    with cli.user_errors_exit():
-      raise UserError("--workdir is required: the directory the run writes (or resumes) its "
-                      "checkpoints in; or pass --print_config to only show the config.")
-  with cli.user_errors_exit():
-    parallel.maybe_initialize_distributed()  # before anything touches a JAX backend
-    from cm_jax.train import loop, report
-    finish = report.final_report if _CONFIG.value.eval.report_at_end else None
-    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, finish=finish)
+    raise UserError("--workdir is required: the directory the run writes (or resumes) its "
+                    "checkpoints in; or pass --print_config to only show the config.")
+  parallel.maybe_initialize_distributed()  # before anything touches a JAX backend
+  from cm_jax.train import loop, report
+  finish = report.final_report if _CONFIG.value.eval.report_at_end else None
+  summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, finish=finish)
   if summary["preempted"]:
     sys.exit(cli.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

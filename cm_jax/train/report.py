@@ -150,17 +150,13 @@ def markdown_table(workdirs: list[str]) -> str:
   return "\n".join(rows)
 
 
-def main(argv: list[str]) -> None:
-  """The command (`app.run` passes the program name first). It defines no flags: the library
-  imports this module, and absl flags are process-global."""
-  cli.setup_logging()
-  with cli.user_errors_exit():
-    runs = argv[1:]
-    if not runs:
-      raise UserError("Give one or more runs: WORKDIR or WORKDIR@STEP (see --help).")
-    print(markdown_table(runs))
+def main(runs: list[str]) -> None:
+  """The command. It defines no flags: the library imports this module, and absl flags are
+  process-global."""
+  if not runs:
+    raise UserError("Give one or more runs: WORKDIR or WORKDIR@STEP (see --help).")
+  print(markdown_table(runs))
 
 
 if __name__ == "__main__":
-  from absl import app
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, takes_args=True)
