@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.cli_runner import sample, train
+from tests.cli_runner import assert_user_error, sample, train
 
 # Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
 pytestmark = pytest.mark.slow
@@ -51,25 +51,18 @@ def test_sample_cli_one_two_and_ts(trained, tmp_path):
   np.testing.assert_array_equal(np.load(tmp_path / "three.npz")["arr_0"], one[:3])
 
 
-def _error(out, *fragments):
-  assert out.returncode != 0
-  for fragment in fragments:
-    assert fragment in out.stderr, out.stderr[-2000:]
-  assert "Traceback" not in out.stderr, out.stderr[-2000:]
-
-
 def test_bad_config_inputs_are_clear_errors(tmp_path):
-  _error(train(tmp_path / "a", "configs/digits.py:method=ict,runlocal", "--config.train.nope=1",
+  assert_user_error(train(tmp_path / "a", "configs/digits.py:method=ict,runlocal", "--config.train.nope=1",
                check=False), "unknown config key", "nope")
-  _error(train(tmp_path / "b", "configs/digits.py:method=foo,runlocal", check=False),
+  assert_user_error(train(tmp_path / "b", "configs/digits.py:method=foo,runlocal", check=False),
          "Unknown method 'foo'")
-  _error(train(tmp_path / "c", "configs/digits.py:method=ict,runlocal", "--config.data.name=mnist",
+  assert_user_error(train(tmp_path / "c", "configs/digits.py:method=ict,runlocal", "--config.data.name=mnist",
                check=False), "Unknown dataset 'mnist'")
-  _error(train(tmp_path / "d", "configs/digits.py:method=ict,runlocal",
+  assert_user_error(train(tmp_path / "d", "configs/digits.py:method=ict,runlocal",
                "--config.train.batch_size=12", devices=8, check=False),
          "not divisible by the 8 devices")
   assert not os.path.exists(tmp_path / "d" / "checkpoints")
-  _error(train(tmp_path / "e", "configs/digits.py:method=ict,runlocal",
+  assert_user_error(train(tmp_path / "e", "configs/digits.py:method=ict,runlocal",
                "--config.train.grad_accum=3", check=False),
          "does not split into train.grad_accum=3 micro-batches")
 
@@ -77,17 +70,17 @@ def test_bad_config_inputs_are_clear_errors(tmp_path):
 def test_workdir_of_another_config_is_refused_and_kept(trained):
   workdir, _ = trained
   before = sorted(os.listdir(workdir / "checkpoints"))
-  _error(train(workdir, "configs/digits.py:method=ct,runlocal", check=False),
+  assert_user_error(train(workdir, "configs/digits.py:method=ct,runlocal", check=False),
          "holds a checkpoint (step 4) of another config", "method")
   assert sorted(os.listdir(workdir / "checkpoints")) == before
 
 
 def test_sample_missing_or_unreadable_checkpoint(trained, tmp_path):
   workdir, _ = trained
-  _error(sample(tmp_path / "nowhere", f"--out={tmp_path}/x.npz", check=False), "does not exist")
+  assert_user_error(sample(tmp_path / "nowhere", f"--out={tmp_path}/x.npz", check=False), "does not exist")
   (tmp_path / "empty").mkdir()
-  _error(sample(tmp_path / "empty", f"--out={tmp_path}/x.npz", check=False), "config.json")
-  _error(sample(workdir, "--checkpoint=3", f"--out={tmp_path}/x.npz", check=False),
+  assert_user_error(sample(tmp_path / "empty", f"--out={tmp_path}/x.npz", check=False), "config.json")
+  assert_user_error(sample(workdir, "--checkpoint=3", f"--out={tmp_path}/x.npz", check=False),
          "No checkpoint for step 3")
   broken = tmp_path / "broken"
   shutil.copytree(workdir, broken)
@@ -95,6 +88,6 @@ def test_sample_missing_or_unreadable_checkpoint(trained, tmp_path):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  _error(sample(broken, "--checkpoint=4", f"--out={tmp_path}/x.npz", check=False),
+  assert_user_error(sample(broken, "--checkpoint=4", f"--out={tmp_path}/x.npz", check=False),
          "Could not restore step 4")
   assert not (tmp_path / "x.npz").exists()
