@@ -1,6 +1,7 @@
-"""Every `python -m cm_jax.X` entry point beyond train/sample/edit/evaluate: one framework (absl +
-cli.parse_flags), --help that exits 0 and lists the flags the command reads, a mistake as one
-`error:` line with exit status 2, and no flags defined by a library import."""
+"""Every `python -m cm_jax.X` entry point: one framework (absl through cli.run), --help that exits
+0 and lists the flags the command reads (a real `python -m` process per command: the wiring the
+in-process runs of the other tests skip), a mistake as one `error:` line with exit status 2, and
+no flags defined by a library import."""
 import importlib
 
 import pytest
@@ -14,8 +15,19 @@ IMPORTED_COMMANDS = ("cm_jax.train.report", "cm_jax.storage", "cm_jax.data.digit
                      "cm_jax.data.fake", "cm_jax.evaluation.bench_inception",
                      "cm_jax.convert.feature_nets")
 
+_SAMPLING = ("--workdir", "--checkpoint", "--params", "--steps", "--sigmas", "--ts", "--ts_grid",
+             "--seed", "--labels", "--batch_size", "--out", "--grid")
 # command -> the flags its --help must list (the shared --debug and --verbosity besides)
 HELP = {
+    "cm_jax.train": ("--config", "--workdir", "--[no]print_config"),
+    "cm_jax.sample": _SAMPLING + ("--times", "--edm_levels", "--edm_solver", "--num_samples"),
+    "cm_jax.edit": _SAMPLING + ("--task", "--images", "--mask", "--factor", "--noise_sigma",
+                                "--[no]add_noise", "--num_alphas", "--num_pairs"),
+    "cm_jax.evaluate": ("--workdir", "--samples", "--ref", "--ref_samples", "--steps",
+                        "--num_samples", "--checkpoints", "--inception_weights", "--features",
+                        "--json", "--seed", "--batch_size", "--params", "--[no]precision_recall",
+                        "--[no]search_ts", "--search_grid", "--save_every_s",
+                        "--stop_after_batches"),
     "cm_jax.convert": ("--src", "--out", "--vgg", "--heads", "--[no]overwrite", "--family",
                        "--kind", "--config", "--dtype", "--params"),
     "cm_jax.train.report": (),
@@ -27,8 +39,10 @@ HELP = {
     "cm_jax.bench": ("--config", "--batch_size", "--train_steps", "--sample_repeats", "--json",
                      "--matmul_size"),
 }
-# Old spellings that must be gone from a command's --help.
-RENAMED = {"cm_jax.convert": ("--dst", "--weights"), "cm_jax.bench": ("--steps",),
+# Old spellings, and flags of another command, that must not be in a command's --help.
+RENAMED = {"cm_jax.edit": ("--times", "--edm_levels", "--edm_solver", "--num_samples"),
+           "cm_jax.evaluate": ("--ts_grid",),
+           "cm_jax.convert": ("--dst", "--weights"), "cm_jax.bench": ("--steps",),
            "cm_jax.evaluation.bench_inception": ("--weights", "--no_torch")}
 
 
@@ -43,7 +57,7 @@ def test_importing_the_commands_defines_no_flags():
 @pytest.mark.slow  # a process per command
 @pytest.mark.parametrize("module", sorted(HELP))
 def test_help_exits_0_and_lists_every_flag_read(module):
-  out = run_cli(module, "--help", check=False, timeout=120)
+  out = run_cli(module, "--help", check=False, timeout=120, subprocess_only=True)
   assert out.returncode == 0, out.stderr[-2000:]
   listed = out.stdout.split("\nflags:\n")[-1]
   for flag in HELP[module] + ("--[no]debug", "--verbosity"):
