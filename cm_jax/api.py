@@ -129,9 +129,10 @@ def load(workdir: str, checkpoint: str | int = "latest", params: str = "ema") ->
   """A workdir's checkpoint (`latest` or a step) with its evaluation EMA (`ema`) or its online
   weights (`online`)."""
   if params not in ("ema", "online"):
-    raise UserError(f"params must be 'ema' or 'online', got {params!r}.")
+    raise UserError(f"params (--params) must be 'ema' or 'online', got {params!r}.")
   if checkpoint != "latest" and not str(checkpoint).isdigit():
-    raise UserError(f"checkpoint must be 'latest' or a step number, got {checkpoint!r}.")
+    raise UserError(f"checkpoint (--checkpoint) must be 'latest' or a step number, got "
+                    f"{checkpoint!r}.")
   config = restore.workdir_config(workdir)
   step = None if checkpoint == "latest" else int(checkpoint)
   exp, state, _ = restore.restore_state(workdir, config, step)

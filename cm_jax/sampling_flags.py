@@ -22,10 +22,7 @@ class CheckpointFlags:
   params: FlagHolder
 
   def load(self) -> api.Model:
-    step = self.checkpoint.value
-    if step != "latest" and not step.isdigit():
-      raise UserError(f"--checkpoint must be 'latest' or a step number, got {step!r}.")
-    return api.load(self.workdir.value, step, self.params.value)
+    return api.load(self.workdir.value, self.checkpoint.value, self.params.value)
 
 
 def define_checkpoint_flags() -> CheckpointFlags:
