@@ -160,7 +160,8 @@ def resolve(config, *, workdir: Optional[str] = None, steps: Optional[int] = Non
     elif sigmas:
       plan = numbers(sigmas, "--sigmas")
     else:
-      plan = sigma_plan(levels, steps or 1, two_step_sigma(config, workdir)[0])
+      k = steps or 1  # only a 2-step plan reads the searched level (a file, maybe in a bucket)
+      plan = sigma_plan(levels, k, two_step_sigma(config, workdir)[0] if k == 2 else None)
     unit = "levels"
   if steps is not None and len(plan) != steps:
     raise UserError(f"--steps={steps} but {len(plan)} {unit} were given: {plan}.")
