@@ -101,7 +101,7 @@ class Model:
       if steps is not None or sigmas is not None:
         raise UserError("task='denoise' evaluates f once at noise_sigma; it takes no steps or "
                         "sigmas.")
-      levels = [exp.levels.sigma_max]  # unused by denoise
+      levels = None
     else:
       if steps is not None and sigmas is not None:
         raise UserError("Give steps or sigmas, not both.")

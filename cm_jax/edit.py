@@ -104,7 +104,7 @@ def main() -> None:
   h, w, c = exp.sample_shape
   # The plan every sampling command resolves (a MeanFlow model edits in sigma, through its
   # sigma-time consistency function); 2 steps take the searched level as `sample` does.
-  sigmas = PLAN.resolve(exp.config, workdir, in_sigma=True)
+  sigmas = None if task == "denoise" else PLAN.resolve(exp.config, workdir, in_sigma=True)
   if _IMAGES.value is not None:
     y = edits.to_float(edits.check_size(images.load_images(_IMAGES.value, c, "--images"), h, w,
                                         _FACTOR.value if task == "superres" else None))

@@ -186,13 +186,16 @@ def _interpolate(exp: Experiment, params, y: np.ndarray, labels, sigmas, keys, o
   return edited, [y[0::2], path, y[1::2]], a + 2
 
 
-def run(exp: Experiment, params, task: str, y: np.ndarray, sigmas: Sequence[float],
+def run(exp: Experiment, params, task: str, y: np.ndarray, sigmas: Optional[Sequence[float]],
         labels: Optional[np.ndarray], seed: int = 0, opts: Options = Options(),
         batch_size: int = 256) -> Result:
   """One task on float images y [N, H, W, C] in [-1, 1] (interpolate: pairs), at the consistency
-  levels `sigmas` (from cm_jax.plans.resolve(..., in_sigma=True); denoise uses
-  opts.noise_sigma), under `labels` [N] (pairs: [N / 2]) of a class-conditional model."""
+  levels `sigmas` (from cm_jax.plans.resolve(..., in_sigma=True); denoise takes none: it
+  evaluates f once at opts.noise_sigma), under `labels` [N] (pairs: [N / 2]) of a
+  class-conditional model."""
   opts.check(task)
+  if (sigmas is None) != (task == "denoise"):
+    raise ValueError(f"task {task!r} with sigmas={sigmas}: only denoise takes no levels")
   if tuple(y.shape[1:]) != tuple(exp.sample_shape):
     raise UserError(f"Images must be [N, {', '.join(map(str, exp.sample_shape))}], "
                     f"got {list(y.shape)}.")
