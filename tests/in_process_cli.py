@@ -67,6 +67,24 @@ def _captured():
       os.close(saved_fds[1])
 
 
+@contextlib.contextmanager
+def _global_state_kept():
+  """What a command sets for its process and a test process keeps: logging (absl's handler on
+  the root logger, levels, the asyncio logger a user error silences) and the unraisable hook."""
+  root = logging.getLogger()
+  names = ("asyncio", "cm_jax", "absl", "orbax", "jax._src")
+  saved = (root.handlers[:], root.level, sys.unraisablehook,
+           {n: (logging.getLogger(n).level, logging.getLogger(n).disabled) for n in names})
+  try:
+    yield
+  finally:
+    root.handlers[:], level, sys.unraisablehook, loggers = saved
+    root.setLevel(level)
+    for n, (level, disabled) in loggers.items():
+      logging.getLogger(n).setLevel(level)
+      logging.getLogger(n).disabled = disabled
+
+
 def _status(code) -> int:
   if code is None:
     return 0
@@ -80,7 +98,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
   before, imported = set(values), set(sys.modules)
   values.unparse_flags()  # nothing of an earlier command's values carries over
   saved_argv = sys.argv
-  with _captured() as (out, err):
+  with _global_state_kept(), _captured() as (out, err):
     try:
       sys.argv = [module, *args]
       runpy.run_module(module, run_name="__main__", alter_sys=True)
