@@ -46,10 +46,13 @@ def _captured():
     sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
     # Log handlers made earlier hold the streams they were given: point those that print to the
     # terminal at the new stderr (pytest's own capture handlers keep theirs).
+    # absl's own handler, which the command's app.run puts on the root logger, always prints to
+    # this command's stderr (not to a stream an earlier command left it).
     terminal = {id(saved_streams[0]), id(saved_streams[1]), id(sys.__stdout__), id(sys.__stderr__)}
-    handlers = [*logging.getLogger().handlers, absl_logging.get_absl_handler().python_handler]
-    moved = [(h, h.stream) for h in handlers
-             if isinstance(h, logging.StreamHandler) and id(h.stream) in terminal]
+    absl_handler = absl_logging.get_absl_handler().python_handler
+    moved = [(h, h.stream) for h in logging.getLogger().handlers
+             if isinstance(h, logging.StreamHandler) and id(h.stream) in terminal
+             and h is not absl_handler] + [(absl_handler, absl_handler.stream)]
     for h, _ in moved:
       h.stream = sys.stderr
     try:
@@ -99,6 +102,9 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
   values.unparse_flags()  # nothing of an earlier command's values carries over
   saved_argv = sys.argv
   with _global_state_kept(), _captured() as (out, err):
+    if absl_logging.get_absl_handler() not in logging.getLogger().handlers:
+      # as in the command's own process, where app.run puts it there (once per process)
+      logging.getLogger().addHandler(absl_logging.get_absl_handler())
     try:
       sys.argv = [module, *args]
       runpy.run_module(module, run_name="__main__", alter_sys=True)
