@@ -19,7 +19,6 @@ from cm_jax.errors import MissingPath, UserError
 from cm_jax.train.experiment import Experiment
 
 TASKS = ("inpaint", "colorize", "superres", "denoise", "interpolate")
-MASKS = ("center", "left", "strokes")
 
 # fold_in salt for the stroke masks' and added noise's keys; below the label stream's (sampling.py)
 # and far above any sampling step's.
