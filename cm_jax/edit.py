@@ -50,8 +50,7 @@ CHECKPOINT = sampling_flags.define_checkpoint_flags()
 PLAN = sampling_flags.define_plan_flags(times=False, ode=False)
 DRAW = sampling_flags.define_draw_flags()
 OUTPUT = sampling_flags.define_output_flags("edited images")
-flags.adopt_module_key_flags(sampling_flags)  # --help lists the shared groups and --debug
-flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(sampling_flags)  # --help lists the shared groups
 
 # ---- input ------------------------------------------------------------------------------------
 

@@ -56,7 +56,6 @@ _SEARCH_GRID = flags.DEFINE_integer("search_grid", 40, "Levels of the Karras gri
 _SAVE_EVERY = flags.DEFINE_float("save_every_s", 60.0, "Seconds between progress saves.")
 _STOP_AFTER = flags.DEFINE_integer("stop_after_batches", 0, "Stop (as if interrupted) after this "
                                    "many batches of one evaluation; for testing resumption.")
-flags.adopt_module_key_flags(cli)  # --help lists --debug
 
 
 def main() -> None:

@@ -20,8 +20,7 @@ PLAN = sampling_flags.define_plan_flags()
 DRAW = sampling_flags.define_draw_flags()
 OUTPUT = sampling_flags.define_output_flags("samples")
 _NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.")
-flags.adopt_module_key_flags(sampling_flags)  # --help lists the shared groups and --debug
-flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(sampling_flags)  # --help lists the shared groups
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved con
                                   "applied), the methods and the datasets, and exit; nothing is "
                                   "trained or written.")
 flags.mark_flags_as_required(["config"])
-flags.adopt_module_key_flags(cli)  # --help lists --debug
 
 
 def describe(config) -> str:
