@@ -2,6 +2,8 @@
 checking output paths before the work that fills them."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
@@ -43,6 +45,26 @@ def write_atomically(path: str, data: bytes) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+@contextlib.contextmanager
+def exclusive(path: str):
+  """Holds an exclusive lock on the local file `path` (made if missing) while the block runs, so
+  that processes on one machine filling the same cache wait for the first instead of repeating its
+  work. Where locks are not supported the block runs unlocked: the lock only saves work."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:
+      pass
+    try:
+      yield
+    finally:
+      try:
+        fcntl.flock(f, fcntl.LOCK_UN)
+      except OSError:
+        pass
 
 
 def write_npz_atomically(path: str, **arrays) -> None:

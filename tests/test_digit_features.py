@@ -30,6 +30,10 @@ def _digits(resolution: int = 16):
   return x[train], d.target[train], x[test], d.target[test]
 
 
+def cached_files(cache_dir):
+  return [n for n in os.listdir(cache_dir) if n.endswith('.msgpack')]
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   x_train, y_train, x_test, y_test = _digits()
@@ -47,7 +51,7 @@ def test_heldout_accuracy(trained):
 
 def test_cache_round_trip_loads_without_training(trained, monkeypatch):
   net, cache_dir, (x_train, y_train, x_test, _) = trained
-  [name] = os.listdir(cache_dir)
+  [name] = cached_files(cache_dir)
   assert 'r16_seed0' in name
 
   def refuse(*args, **kwargs):
@@ -60,7 +64,7 @@ def test_cache_round_trip_loads_without_training(trained, monkeypatch):
 
 def test_corrupt_cache_is_retrained_with_warning(trained, tmp_path):
   net, cache_dir, (x_train, y_train, x_test, _) = trained
-  [name] = os.listdir(cache_dir)
+  [name] = cached_files(cache_dir)
   shutil.copy(os.path.join(cache_dir, name), tmp_path / name)
   (tmp_path / name).write_bytes(b'\x00 not msgpack')
   with pytest.warns(RuntimeWarning, match='unreadable'):
@@ -70,6 +74,32 @@ def test_corrupt_cache_is_retrained_with_warning(trained, tmp_path):
                              atol=1e-4)
   reloaded = df.load_or_train(str(tmp_path), x_train, y_train, seed=0, steps=TEST_STEPS)
   np.testing.assert_array_equal(reloaded.features(x_test), retrained.features(x_test))
+
+
+def test_processes_filling_one_cache_train_once(trained, tmp_path, monkeypatch):
+  """Two callers at once (as the processes of a multi-process evaluation, or test workers): the
+  second waits on the cache's lock and loads what the first trained."""
+  import threading
+  import time
+  net, _, (x_train, y_train, _, _) = trained
+  calls = []
+
+  def slow_training(*args, **kwargs):
+    calls.append(1)
+    time.sleep(0.5)   # the other caller arrives while this one trains
+    return net
+
+  monkeypatch.setattr(df, 'train_digit_classifier', slow_training)
+  nets = []
+  threads = [threading.Thread(target=lambda: nets.append(
+      df.load_or_train(str(tmp_path), x_train, y_train, seed=0, steps=TEST_STEPS)))
+             for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(calls) == 1 and len(nets) == 2
+  assert len(cached_files(tmp_path)) == 1
 
 
 def test_quality_report_ranks_real_digits_above_noise(trained):

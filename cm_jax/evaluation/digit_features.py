@@ -10,6 +10,7 @@ inverse of how samples are saved), R divisible by 4 (two 2x pools).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -251,18 +252,25 @@ def load_or_train(cache_dir: str, train_images: np.ndarray, train_labels: np.nda
   name = (f'digit_features_v{_CACHE_VERSION}_r{x.shape[1]}_seed{seed}_steps{steps}_'
           f'{_fingerprint(x, y)}.msgpack')
   path = os.path.join(cache_dir, name)
-  if os.path.exists(path):
+  with contextlib.ExitStack() as held:
+    try:  # the processes of one machine that start together train the network once
+      held.enter_context(files.exclusive(path + '.lock'))
+    except OSError:  # an unwritable cache dir: trained here, and the write below warns
+      pass
+    if os.path.exists(path):
+      try:
+        return DigitFeatureNet(_restore_params(path, x.shape[1], num_classes), x.shape[1],
+                               num_classes)
+      except Exception as e:  # any corruption: retrain rather than fail an evaluation
+        warnings.warn(f'digit feature cache {path} is unreadable ({type(e).__name__}: {e}); '
+                      'retraining', RuntimeWarning, stacklevel=2)
+    net = train_digit_classifier(x, y, seed=seed, steps=steps, num_classes=num_classes)
     try:
-      return DigitFeatureNet(_restore_params(path, x.shape[1], num_classes), x.shape[1], num_classes)
-    except Exception as e:  # any corruption: retrain rather than fail an evaluation
-      warnings.warn(f'digit feature cache {path} is unreadable ({type(e).__name__}: {e}); '
-                    'retraining', RuntimeWarning, stacklevel=2)
-  net = train_digit_classifier(x, y, seed=seed, steps=steps, num_classes=num_classes)
-  try:
-    files.write_atomically(path, flax.serialization.to_bytes(net.params))
-  except OSError as e:  # an unwritable cache costs a retrain next time, not this evaluation
-    warnings.warn(f'could not cache digit features at {path}: {e}', RuntimeWarning, stacklevel=2)
-  return net
+      files.write_atomically(path, flax.serialization.to_bytes(net.params))
+    except OSError as e:  # an unwritable cache costs a retrain next time, not this evaluation
+      warnings.warn(f'could not cache digit features at {path}: {e}', RuntimeWarning,
+                    stacklevel=2)
+    return net
 
 
 DARK_LEVEL = 0.1  # a pixel below 10% of the way from black to white counts as background
