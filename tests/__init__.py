@@ -8,6 +8,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # single-process subprocesses): a process that compiles a program another one compiled loads it.
 CACHE_VAR = "CM_JAX_TEST_COMPILATION_CACHE"
 
+# The session's TFDS dir and XDG cache (the digit feature network), made by conftest.py like the
+# compilation cache and shared by the workers and subprocesses.
+DATA_CACHES_VAR = "CM_JAX_TEST_DATA_CACHES"
+
 # jax reads it at import; conftest.py sets it for the suite (tests compile small programs once).
 UNOPTIMIZED_VAR = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 

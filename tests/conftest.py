@@ -1,13 +1,13 @@
 """Session-wide set-up: unoptimised compiles, one persistent compilation cache, one offline TFDS
-dir and one feature-net cache for every test, and an order that lets the xdist workers finish
-together."""
+dir and one feature-net cache for every test and worker, and an order that lets the xdist workers
+finish together."""
 import os
 import shutil
 import tempfile
 
 import pytest
 
-from tests import CACHE_VAR, UNOPTIMIZED_VAR
+from tests import CACHE_VAR, DATA_CACHES_VAR, UNOPTIMIZED_VAR
 
 # Most tests run small programs once: XLA's optimisation passes cost more than they save (Flax's
 # example tests do the same). Set before jax is imported, so this process and every subprocess
@@ -20,16 +20,19 @@ def pytest_configure(config):
   (they inherit the variable), read and written by the workers' own compiles and by every
   single-process subprocess (subprocess_env). Every program is cached, however fast it compiled:
   the suite compiles the same small programs in many processes."""
-  if CACHE_VAR not in os.environ:
-    os.environ[CACHE_VAR] = tempfile.mkdtemp(prefix="cm_jax_test_compilation_cache_")
-    config._cm_jax_made_cache = os.environ[CACHE_VAR]
+  made = []
+  for var, prefix in ((CACHE_VAR, "cm_jax_test_compilation_cache_"),
+                      (DATA_CACHES_VAR, "cm_jax_test_data_caches_")):
+    if var not in os.environ:
+      os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+      made.append(os.environ[var])
+  config._cm_jax_made_caches = made
   os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[CACHE_VAR]   # read when jax is imported
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 def pytest_unconfigure(config):
-  made = getattr(config, "_cm_jax_made_cache", None)
-  if made:
+  for made in getattr(config, "_cm_jax_made_caches", ()):
     shutil.rmtree(made, ignore_errors=True)
 
 # Modules that take minutes, longest first: scheduled first so that no worker starts one of them
@@ -63,9 +66,12 @@ def optimized_compiles(request):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def isolated_caches(tmp_path_factory):
-  """Tests never touch ~/tensorflow_datasets or ~/.cache; subprocesses inherit the same dirs."""
-  root = tmp_path_factory.mktemp("caches")
+def isolated_caches():
+  """Tests never touch ~/tensorflow_datasets or ~/.cache. The session's own dirs are shared by
+  the xdist workers and every subprocess, so the digits dataset is built and the digit feature
+  network trained once a session (both are safe for processes that fill them at once)."""
+  import pathlib
+  root = pathlib.Path(os.environ[DATA_CACHES_VAR])
   saved = {k: os.environ.get(k) for k in ("TFDS_DATA_DIR", "XDG_CACHE_HOME")}
   os.environ["TFDS_DATA_DIR"] = str(root / "tfds")
   os.environ["XDG_CACHE_HOME"] = str(root / "cache")
