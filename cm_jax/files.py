@@ -51,20 +51,20 @@ def write_atomically(path: str, data: bytes) -> None:
 def exclusive(path: str):
   """Holds an exclusive lock on the local file `path` (made if missing) while the block runs, so
   that processes on one machine filling the same cache wait for the first instead of repeating its
-  work. Where locks are not supported the block runs unlocked: the lock only saves work."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "a") as f:
+  work. Where the lock file cannot be made or locked the block runs unlocked: the lock only saves
+  work."""
+  try:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    f = open(path, "a")
+  except OSError:
+    yield
+    return
+  with f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX)
     except OSError:
       pass
-    try:
-      yield
-    finally:
-      try:
-        fcntl.flock(f, fcntl.LOCK_UN)
-      except OSError:
-        pass
+    yield   # closing the file releases the lock
 
 
 def write_npz_atomically(path: str, **arrays) -> None:

@@ -2,6 +2,7 @@
 dir and one feature-net cache for every test and worker, and an order that lets the xdist workers
 finish together."""
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -70,7 +71,6 @@ def isolated_caches():
   """Tests never touch ~/tensorflow_datasets or ~/.cache. The session's own dirs are shared by
   the xdist workers and every subprocess, so the digits dataset is built and the digit feature
   network trained once a session (both are safe for processes that fill them at once)."""
-  import pathlib
   root = pathlib.Path(os.environ[DATA_CACHES_VAR])
   saved = {k: os.environ.get(k) for k in ("TFDS_DATA_DIR", "XDG_CACHE_HOME")}
   os.environ["TFDS_DATA_DIR"] = str(root / "tfds")

@@ -1,6 +1,5 @@
 """Multi-host code on one machine: `launch/train.sh --num_processes=2` (2 forced CPU devices each,
-jax.distributed over localhost, gloo collectives) against one process: training on one device,
-sampling, evaluation and editing on 4.
+jax.distributed over localhost, gloo collectives) against one process on one device.
 
 - each process reads its own rows of every global batch (disjoint, together the whole batch);
 - SIGTERM to the launcher mid-training, on a gs:// workdir and data_dir (GCS emulator): every
@@ -26,7 +25,7 @@ from cm_jax.data import pipeline
 from cm_jax.train.experiment import Experiment
 from configs import digits
 from tests import REPO_ROOT, subprocess_env
-from tests.cli_runner import restore
+from tests.cli_runner import restore, run_cli, train
 
 # Trains or launches processes: the whole suite, not the fast tier (-m "not slow").
 pytestmark = pytest.mark.slow
@@ -73,7 +72,6 @@ def assert_same_state(a, b, atol):
 def single(tmp_path_factory):
   """The reference: one process on one device, the same global batch (in this process: its
   program is the one other tests' runs of this config compiled)."""
-  from tests.cli_runner import train
   workdir = tmp_path_factory.mktemp("mp") / "single"
   train(workdir, CONFIG, *OVERRIDES)
   return workdir
@@ -169,7 +167,6 @@ def test_sample_evaluate_and_edit_on_two_processes_equal_one(single, tmp_path, c
   the same Inception FID of a sample file and the same edit; only process 0 writes."""
   import json
   import shutil
-  from tests.cli_runner import run_cli
   from tests.test_evaluate_cli import random_inception, smooth_uint8
   one, two = tmp_path / "one", tmp_path / "two"
   shutil.copytree(single, one)

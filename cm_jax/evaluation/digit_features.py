@@ -10,7 +10,6 @@ inverse of how samples are saved), R divisible by 4 (two 2x pools).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -252,11 +251,8 @@ def load_or_train(cache_dir: str, train_images: np.ndarray, train_labels: np.nda
   name = (f'digit_features_v{_CACHE_VERSION}_r{x.shape[1]}_seed{seed}_steps{steps}_'
           f'{_fingerprint(x, y)}.msgpack')
   path = os.path.join(cache_dir, name)
-  with contextlib.ExitStack() as held:
-    try:  # the processes of one machine that start together train the network once
-      held.enter_context(files.exclusive(path + '.lock'))
-    except OSError:  # an unwritable cache dir: trained here, and the write below warns
-      pass
+  # The processes of one machine that start together train the network once.
+  with files.exclusive(path + '.lock'):
     if os.path.exists(path):
       try:
         return DigitFeatureNet(_restore_params(path, x.shape[1], num_classes), x.shape[1],
