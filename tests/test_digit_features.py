@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +81,6 @@ def test_corrupt_cache_is_retrained_with_warning(trained, tmp_path):
 def test_processes_filling_one_cache_train_once(trained, tmp_path, monkeypatch):
   """Two callers at once (as the processes of a multi-process evaluation, or test workers): the
   second waits on the cache's lock and loads what the first trained."""
-  import threading
-  import time
   net, _, (x_train, y_train, _, _) = trained
   calls = []
 

@@ -8,8 +8,10 @@ jax.distributed over localhost, gloo collectives) against one process on one dev
   sample grid;
 - `--dry_run` prints the TPU and SLURM commands; bad launcher input is a clear error.
 """
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,8 +167,6 @@ def test_sample_evaluate_and_edit_on_two_processes_equal_one(single, tmp_path, c
   """2 processes x 2 devices against one process on one device (in this process): the same
   samples, the same digit-feature FID of a workdir (reference statistics from the test split),
   the same Inception FID of a sample file and the same edit; only process 0 writes."""
-  import json
-  import shutil
   from tests.test_evaluate_cli import random_inception, smooth_uint8
   one, two = tmp_path / "one", tmp_path / "two"
   shutil.copytree(single, one)
